@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench` runs every workload against every system (see README.md)."""

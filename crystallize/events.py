@@ -1,0 +1,53 @@
+"""Progress events: what the scheduler reports to ``on_event`` callbacks and plugins."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+EventKind = Literal[
+    "started",  # an experiment began executing (``units`` = units to run)
+    "decision",  # a resume decision (``reason`` says why it reruns, or that it is reused)
+    "resumed",  # an experiment was loaded from the store instead of executed
+    "unit_finished",  # one (condition, replicate) unit finished (``error`` set if it failed)
+    "finished",  # an experiment's run was published (``version``)
+    "failed",  # an experiment failed (``error``); its downstream is skipped
+    "skipped",  # an experiment was not run because an upstream failed (``reason``)
+]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One structured progress event. ``time`` is ``time.time()`` when it was emitted."""
+
+    kind: EventKind
+    experiment: str
+    condition: str | None = None
+    replicate: int | None = None
+    units: int | None = None
+    duration: float | None = None
+    version: int | None = None
+    reason: str | None = None
+    error: str | None = None
+    steps: tuple[tuple[str, float], ...] = ()
+    time: float = field(default_factory=time.time)
+
+    def describe(self) -> str:
+        """A one-line human description."""
+        name = self.experiment
+        if self.kind == "started":
+            why = f" ({self.reason})" if self.reason else ""
+            return f"{name}: running {self.units} unit(s){why}"
+        if self.kind == "decision":
+            return f"{name}: {self.reason}"
+        if self.kind == "resumed":
+            return f"{name}: resumed from v{self.version}"
+        if self.kind == "unit_finished":
+            status = f"failed: {self.error}" if self.error else "done"
+            return f"{name} [{self.condition} rep {self.replicate}] {status}"
+        if self.kind == "finished":
+            return f"{name}: finished in {self.duration:.2f}s -> v{self.version}"
+        if self.kind == "failed":
+            return f"{name}: FAILED: {self.error}"
+        return f"{name}: skipped: {self.reason}"

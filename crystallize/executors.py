@@ -1,0 +1,271 @@
+"""Executors: where units run. One small interface, several transports.
+
+An executor is an async context manager that lives for one whole graph run (so a process pool
+is started once, not per experiment) and runs one unit per :meth:`Executor.run` call. The
+scheduler decides what runs when; an executor only decides where.
+
+- :class:`InlineExecutor`: in the calling thread, one unit at a time (debugging, tiny units);
+- :class:`ThreadExecutor`: in a thread pool (steps that release the GIL, or do I/O);
+- :class:`ProcessExecutor`: in a process pool (the default for CPU-bound Python steps);
+- :class:`DaskExecutor`: on a ``dask.distributed`` cluster.
+
+Note for ``ThreadExecutor``: Python's global :mod:`random` state is shared by all threads, so
+steps that should give identical results on every executor draw from
+``random.Random(ctx["seed"])`` rather than the module-level functions.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import sys
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+
+from .unit import UnitOutcome, UnitTask, run_pickled_unit, run_unit
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
+
+
+@dataclass
+class UnitJob:
+    """A unit as the scheduler hands it to an executor."""
+
+    experiment: Experiment
+    task: UnitTask
+    #: cloudpickled experiment, shared by all of its units (only for out-of-process executors)
+    blob: bytes | None = None
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+async def wait_future(fut: Any) -> Any:
+    """Await a ``concurrent.futures``-style future without tying up a thread while it runs."""
+    event = anyio.Event()
+    token = anyio.lowlevel.current_token()
+    loop_thread = threading.get_ident()
+
+    def done(_: Any) -> None:
+        if threading.get_ident() == loop_thread:
+            event.set()
+            return
+        try:
+            anyio.from_thread.run_sync(event.set, token=token)
+        except RuntimeError:
+            pass  # the event loop is already gone (the run was cancelled)
+
+    fut.add_done_callback(done)
+    try:
+        await event.wait()
+    except BaseException:
+        fut.cancel()
+        raise
+    return fut.result()
+
+
+class Executor(ABC):
+    """Base class of executors; see the module docstring."""
+
+    #: Name shown in provenance and progress output.
+    name: str = "executor"
+    #: Whether units cross a process boundary (and must be pickled).
+    out_of_process: bool = False
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        self.max_workers = max_workers or os.cpu_count() or 1
+
+    @property
+    def capacity(self) -> int:
+        """How many units this executor can usefully run at once."""
+        return self.max_workers
+
+    async def __aenter__(self) -> Executor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    @abstractmethod
+    async def run(self, job: UnitJob) -> UnitOutcome:
+        """Run one unit to completion and return its outcome."""
+
+
+class InlineExecutor(Executor):
+    """Runs each unit in the calling thread, one at a time."""
+
+    name = "inline"
+
+    @property
+    def capacity(self) -> int:
+        return 1
+
+    async def run(self, job: UnitJob) -> UnitOutcome:
+        outcome = run_unit(job.experiment, job.task)
+        await anyio.lowlevel.checkpoint()  # let the scheduler make progress between units
+        return outcome
+
+
+class ThreadExecutor(Executor):
+    """Runs units in worker threads (``max_workers`` at once)."""
+
+    name = "thread"
+
+    async def __aenter__(self) -> ThreadExecutor:
+        self._limiter = anyio.CapacityLimiter(self.max_workers)
+        return self
+
+    async def run(self, job: UnitJob) -> UnitOutcome:
+        return await anyio.to_thread.run_sync(
+            run_unit, job.experiment, job.task, limiter=self._limiter
+        )
+
+
+def _default_context() -> multiprocessing.context.BaseContext:
+    # fork starts workers in milliseconds and inherits sys.path and logging; elsewhere (macOS,
+    # Windows) spawn is the only safe choice. cloudpickle carries the user's functions either way.
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+class ProcessExecutor(Executor):
+    """Runs units in one process pool that lives for the whole graph run.
+
+    On cancellation (Ctrl-C, an enclosing cancel scope) the worker processes are terminated, so
+    a long unit does not keep running after the caller has given up.
+    """
+
+    name = "process"
+    out_of_process = True
+
+    def __init__(
+        self, max_workers: int | None = None, mp_context: Any | None = None
+    ) -> None:
+        super().__init__(max_workers)
+        self.mp_context = mp_context or _default_context()
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(self.max_workers, mp_context=self.mp_context)
+
+    async def __aenter__(self) -> ProcessExecutor:
+        self._pool = self._new_pool()
+        return self
+
+    async def __aexit__(self, exc_type: Any, *rest: object) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if exc_type is not None:
+            self._terminate(pool)
+            pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            await anyio.to_thread.run_sync(pool.shutdown)
+
+    @staticmethod
+    def _terminate(pool: cf.ProcessPoolExecutor) -> None:
+        # The pool API cannot stop a running task; terminating its workers is the only way to
+        # make cancellation prompt. ``_processes`` is stable across CPython 3.8-3.14.
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+
+    async def run(self, job: UnitJob) -> UnitOutcome:
+        assert self._pool is not None, "ProcessExecutor used outside 'async with'"
+        try:
+            fut = self._pool.submit(run_pickled_unit, job.key, job.blob, job.task)
+            return await wait_future(fut)
+        except BrokenProcessPool as exc:
+            # A worker died (killed, or out of memory). Record it on this unit, and give the
+            # units that follow a fresh pool.
+            broken, self._pool = self._pool, self._new_pool()
+            broken.shutdown(wait=False, cancel_futures=True)
+            outcome = UnitOutcome(job.task.condition, job.task.replicate)
+            outcome.error = RuntimeError(f"worker process died while running this unit: {exc}")
+            return outcome
+
+
+class DaskExecutor(Executor):
+    """Runs units on a ``dask.distributed`` cluster.
+
+    Pass an existing ``Client``, or a scheduler ``address``; with neither, a ``LocalCluster`` of
+    ``max_workers`` single-threaded worker processes is started for the run. The store must be
+    on a filesystem every worker can reach.
+    """
+
+    name = "dask"
+    out_of_process = True
+
+    def __init__(
+        self, client: Any | None = None, *, address: str | None = None,
+        max_workers: int | None = None,
+    ) -> None:
+        super().__init__(max_workers)
+        self.client = client
+        self.address = address
+        self._owned: list[Any] = []
+
+    async def __aenter__(self) -> DaskExecutor:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as exc:
+            raise ImportError(
+                "executor='dask' needs dask.distributed: pip install 'crystallize[dask]'"
+            ) from exc
+        if self.client is None:
+            def connect() -> Any:
+                if self.address is not None:
+                    return Client(self.address)
+                cluster = LocalCluster(
+                    n_workers=self.max_workers, threads_per_worker=1, processes=True,
+                    dashboard_address=None,
+                )
+                self._owned.append(cluster)
+                return Client(cluster)
+
+            self.client = await anyio.to_thread.run_sync(connect)
+            self._owned.insert(0, self.client)
+        workers = len(self.client.scheduler_info().get("workers", {}))
+        if workers:
+            self.max_workers = workers
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        owned, self._owned = self._owned, []
+        for obj in owned:
+            await anyio.to_thread.run_sync(obj.close)
+        if owned:
+            self.client = None
+
+    async def run(self, job: UnitJob) -> UnitOutcome:
+        fut = self.client.submit(run_pickled_unit, job.key, job.blob, job.task, pure=False)
+        return await wait_future(fut)
+
+
+_BY_NAME: dict[str, type[Executor]] = {
+    "inline": InlineExecutor,
+    "thread": ThreadExecutor,
+    "process": ProcessExecutor,
+    "dask": DaskExecutor,
+}
+
+
+def resolve_executor(executor: str | Executor | None, max_workers: int | None) -> Executor:
+    """An executor object from a name (``"process"``, ``"thread"``, ``"inline"``, ``"dask"``)."""
+    if isinstance(executor, Executor):
+        return executor
+    name = executor or "process"
+    try:
+        cls = _BY_NAME[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown executor {name!r}; use one of {sorted(_BY_NAME)} or an Executor object"
+        ) from None
+    return cls(max_workers=max_workers)

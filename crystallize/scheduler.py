@@ -1,0 +1,198 @@
+"""The graph scheduler: one anyio task group runs the whole graph.
+
+Every experiment gets a task that waits for its upstreams, then plans, dispatches and publishes
+its run. Units from all running experiments go into one priority queue drained by as many
+dispatcher tasks as the executor has workers, so independent branches, conditions and
+replicates overlap freely and no experiment waits for an unrelated one (there are no
+level-by-level barriers). Units on the longest remaining path (weighted by unit count) go first.
+Pipelines with ``async`` steps do not use the queue: their units run on the event loop
+concurrently.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from .errors import ExperimentFailedError
+from .events import Event
+from .executors import Executor, UnitJob, resolve_executor
+from .experiment import check_replicates, check_strategy
+from .treatments import Treatment
+from .unit import UnitOutcome
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
+    from .graph import ExperimentGraph
+    from .result import Result
+
+
+@dataclass
+class RunOptions:
+    """Options of one ``run``/``arun`` call, validated."""
+
+    treatments: list[Treatment] | None
+    replicates: int | None
+    strategy: str | None
+    executor: Executor
+    on_event: Callable[[Event], Any] | None
+
+    @classmethod
+    def build(
+        cls, *, treatments: Iterable[Treatment] | None, replicates: int | None,
+        strategy: str | None, executor: str | Executor | None, max_workers: int | None,
+        on_event: Callable[[Event], Any] | None,
+    ) -> RunOptions:
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+            raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
+        return cls(
+            treatments=None if treatments is None else list(treatments),
+            replicates=None if replicates is None else check_replicates(replicates, "run()"),
+            strategy=None if strategy is None else check_strategy(strategy, "run()"),
+            executor=resolve_executor(executor, max_workers),
+            on_event=on_event,
+        )
+
+
+class _Outcome:
+    """Where a dispatched unit's outcome is delivered."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: MemoryObjectSendStream[UnitOutcome]) -> None:
+        self.stream = stream
+
+
+class Scheduler:
+    """Runs one graph once; create a new one per run."""
+
+    def __init__(self, graph: ExperimentGraph, options: RunOptions) -> None:
+        self.graph = graph
+        self.options = options
+        self.executor = options.executor
+        self.results: dict[str, Result] = {}
+        self.failures: dict[str, str] = {}
+        self._skipped: dict[str, str] = {}
+        self._done = {name: anyio.Event() for name in graph.experiments}
+        self._configured: dict[str, Experiment] = {}
+        self._heap: list[tuple[float, int, UnitJob, _Outcome]] = []
+        self._seq = itertools.count()
+        self._ready = anyio.Semaphore(0)
+        self._leases: list[Any] = []
+        self._rank: dict[str, float] = {}
+
+    # -- configuration ----------------------------------------------------------------------
+    def _configure(self, name: str) -> Experiment:
+        """The experiment as it runs: graph overrides and inherited treatments applied."""
+        exp = self.graph.experiments[name]
+        opts = self.options
+        if opts.treatments is not None:
+            treatments = opts.treatments
+        else:
+            merged: dict[str, Treatment] = {}
+            for parent in self.graph.upstream(name):
+                for t in self._configured[parent].treatments:
+                    merged.setdefault(t.name, t)
+            merged.update({t.name: t for t in exp.treatments})
+            treatments = list(merged.values())
+        configured = exp.with_overrides(
+            treatments=treatments, replicates=opts.replicates, strategy=opts.strategy
+        )
+        self._configured[name] = configured
+        return configured
+
+    def _rank_nodes(self) -> None:
+        """Longest remaining path from each node, weighted by its unit count."""
+        order = self.graph.topological_order()
+        for name in reversed(order):
+            exp = self.graph.experiments[name]
+            weight = (len(exp.treatments) + 1) * (self.options.replicates or exp.replicates)
+            below = [self._rank[c] for c in self.graph.downstream(name)]
+            self._rank[name] = weight + (max(below) if below else 0)
+
+    # -- events -----------------------------------------------------------------------------
+    def emit(self, exp: Experiment, event: Event) -> None:
+        for plugin in exp.plugins:
+            plugin.on_event(exp, event)
+        if self.options.on_event is not None:
+            self.options.on_event(event)
+
+    # -- the unit queue ---------------------------------------------------------------------
+    def submit(self, experiment: str, job: UnitJob, stream: MemoryObjectSendStream[UnitOutcome]):
+        """Queue one unit; its outcome is sent to ``stream`` when it finishes."""
+        priority = -self._rank.get(experiment, 0)
+        heapq.heappush(self._heap, (priority, next(self._seq), job, _Outcome(stream)))
+        self._ready.release()
+
+    async def _dispatcher(self) -> None:
+        while True:
+            await self._ready.acquire()
+            _, _, job, target = heapq.heappop(self._heap)
+            try:
+                outcome = await self.executor.run(job)
+            except Exception as exc:  # the executor itself failed for this unit
+                outcome = UnitOutcome(job.task.condition, job.task.replicate, error=exc)
+            target.stream.send_nowait(outcome)
+
+    # -- running ----------------------------------------------------------------------------
+    async def _node(self, name: str) -> None:
+        from .experiment_run import ExperimentRun, ExperimentRunFailed
+
+        try:
+            for parent in self.graph.upstream(name):
+                await self._done[parent].wait()
+            blocked = [p for p in self.graph.upstream(name) if p not in self.results
+                       or self.results[p].failed]
+            exp = self._configure(name)
+            if blocked:
+                why = ", ".join(
+                    f"{p} {'failed' if p in self.failures else 'was skipped'}" for p in blocked
+                )
+                reason = f"upstream {why}"
+                self._skipped[name] = reason
+                self.failures[name] = f"skipped: {reason}"
+                self.emit(exp, Event("skipped", name, reason=reason))
+                return
+            try:
+                self.results[name] = await ExperimentRun(self, exp).execute()
+            except ExperimentRunFailed as exc:
+                self.results[name] = exc.result
+                self.failures[name] = exc.cause
+                self.emit(exp, Event("failed", name, error=exc.cause))
+            except Exception as exc:
+                cause = f"{type(exc).__name__}: {exc}"
+                self.failures[name] = cause
+                self.emit(exp, Event("failed", name, error=cause))
+        finally:
+            self._done[name].set()
+
+    async def run(self) -> dict[str, Result]:
+        self._rank_nodes()
+        order = self.graph.topological_order()
+        try:
+            async with self.executor:
+                async with anyio.create_task_group() as dispatchers:
+                    for _ in range(max(1, self.executor.capacity)):
+                        dispatchers.start_soon(self._dispatcher)
+                    async with anyio.create_task_group() as nodes:
+                        for name in order:
+                            nodes.start_soon(self._node, name)
+                    dispatchers.cancel_scope.cancel()
+        finally:
+            for lease in self._leases:
+                lease.release()
+        results = {name: self.results[name] for name in order if name in self.results}
+        if self.failures:
+            raise ExperimentFailedError(self.failures, results)
+        return results
+
+
+def unbounded_stream() -> tuple[Any, Any]:
+    return anyio.create_memory_object_stream[UnitOutcome](math.inf)
