@@ -224,7 +224,7 @@ def test_unpicklable_step_names_experiment_step_and_object():
     with pytest.raises(ExperimentFailedError) as info:
         exp.run(executor="process")
     message = str(info.value)
-    assert "pickly" in message and "UsesLockStep" in message and "guard" in message
+    assert "pickly" in message and "Uses_LockStep" in message and "guard" in message
     assert "lock" in message.lower()
     # the thread executor needs no pickling and runs it fine
     assert exp.run(executor="thread").errors == {}

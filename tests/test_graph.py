@@ -1,0 +1,247 @@
+"""Graphs (SPEC §2 Graph, §5): construction errors, concurrency, failures, cancellation."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from crystallize import (
+    Artifact,
+    Experiment,
+    ExperimentFailedError,
+    ExperimentGraph,
+    ExperimentInput,
+    Treatment,
+    data_source,
+    pipeline_step,
+)
+
+
+@data_source
+def seed_data(ctx):
+    return [1, 2, 3]
+
+
+def burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    x = 0
+    while time.process_time() < end:
+        x += 1
+
+
+@pipeline_step()
+def cpu(data, ctx, seconds=0.0):
+    start = time.time()
+    burn(seconds)
+    return data, {"start": start, "end": time.time(), "pid": os.getpid()}
+
+
+def node(name, source=None, seconds=0.0, replicates=1, outputs=None, **kw):
+    out = Artifact(f"{name}.txt")
+
+    @pipeline_step()
+    def emit(data, ctx, artifact: Artifact):
+        artifact.write(f"{name}:{ctx['replicate']}")
+        return data
+
+    exp = Experiment(source if source is not None else seed_data(),
+                     [cpu(seconds=seconds), emit(artifact=out)], name=name,
+                     replicates=replicates, outputs=[out], **kw)
+    return exp, out
+
+
+# -- construction ---------------------------------------------------------------------------
+def test_edges_are_inferred_from_consumed_artifacts():
+    a, a_out = node("a")
+    b, b_out = node("b", source=a_out)
+    c, _ = node("c", source=ExperimentInput(x=a_out, y=b_out))
+    graph = ExperimentGraph(c, b, a)
+    assert set(graph.graph.edges) == {("a", "b"), ("a", "c"), ("b", "c")}
+    assert graph.topological_order() == ["a", "b", "c"]
+    assert ExperimentGraph.from_experiments([a, b, c]).upstream("c") == ["b", "a"] or \
+        set(ExperimentGraph.from_experiments([a, b, c]).upstream("c")) == {"a", "b"}
+
+
+def test_construction_errors_name_the_parts():
+    a, a_out = node("a")
+    b, _ = node("b", source=a_out)
+    with pytest.raises(ValueError, match="consumes artifact.*a.txt.*no experiment in the graph"):
+        ExperimentGraph(b)
+    with pytest.raises(ValueError, match="two experiments are named 'a'"):
+        ExperimentGraph(a, node("a")[0])
+    unnamed = Experiment(seed_data(), [cpu()])
+    with pytest.raises(ValueError, match="unnamed experiment"):
+        ExperimentGraph(unnamed)
+    shared = Artifact("same.txt")
+    p1 = Experiment(seed_data(), [cpu()], name="p1", outputs=[shared])
+    p2 = Experiment(seed_data(), [cpu()], name="p2", outputs=[shared])
+    with pytest.raises(ValueError, match="produced twice.*'p1'.*'p2'"):
+        ExperimentGraph(p1, p2)
+
+
+def test_cycle_is_rejected_with_its_path():
+    a, a_out = node("a")
+    b, _ = node("b", source=a_out)
+    graph = ExperimentGraph(a, b)
+    with pytest.raises(ValueError, match="cycle: .*a -> b -> a|cycle: .*b -> a -> b"):
+        graph.add_dependency(a, b)
+
+
+def test_add_experiment_and_dependency_by_hand():
+    a, _ = node("a")
+    b, _ = node("b")
+    graph = ExperimentGraph()
+    graph.add_experiment(a)
+    graph.add_experiment(b)
+    graph.add_dependency(b, a)
+    seen = []
+    graph.run(executor="inline", on_event=lambda e: seen.append((e.kind, e.experiment)))
+    assert seen.index(("finished", "a")) < seen.index(("started", "b"))
+
+
+# -- scheduling -----------------------------------------------------------------------------
+def test_independent_cpu_branches_overlap_in_worker_processes():
+    a, _ = node("a", seconds=0.6)
+    b, _ = node("b", seconds=0.6)
+    results = ExperimentGraph(a, b).run(executor="process", max_workers=2)
+    ma, mb = results["a"].metrics.baseline.metrics, results["b"].metrics.baseline.metrics
+    assert ma["pid"][0] != mb["pid"][0] != os.getpid()
+    # each branch started before the other ended: they ran at the same time
+    assert ma["start"][0] < mb["end"][0] and mb["start"][0] < ma["end"][0]
+
+
+def test_fast_chain_does_not_wait_for_slow_sibling():
+    slow, _ = node("slow", seconds=1.5)
+    c1, o1 = node("c1")
+    c2, o2 = node("c2", source=o1)
+    c3, _ = node("c3", source=o2)
+    order = []
+    ExperimentGraph(slow, c1, c2, c3).run(
+        executor="process", max_workers=2,
+        on_event=lambda e: e.kind == "finished" and order.append(e.experiment))
+    # no level-by-level barrier: the whole chain completes while "slow" is still running
+    assert order.index("c3") < order.index("slow")
+
+
+def test_replicates_and_conditions_share_one_worker_budget():
+    exp, _ = node("wide", seconds=0.2, replicates=4, treatments=[Treatment("t", {"k": 1})])
+    res = ExperimentGraph(exp).run(executor="process", max_workers=2)["wide"]
+    pids = res.metrics.baseline.metrics["pid"] + res.metrics.treatments["t"].metrics["pid"]
+    assert len(set(pids)) == 2  # both workers were used, no more
+
+
+def test_graph_overrides_and_treatment_inheritance():
+    a, a_out = node("a", treatments=[Treatment("shared", {"v": 1}), Treatment("mine", {"v": 2})])
+    b, _ = node("b", source=a_out, treatments=[Treatment("mine", {"v": 3}),
+                                               Treatment("own", {"v": 4})])
+    results = ExperimentGraph(a, b).run(executor="inline")
+    assert set(results["b"].metrics.treatments) == {"shared", "mine", "own"}
+    assert results["b"].conditions[0] == "baseline"
+    over = ExperimentGraph(a, b).run(executor="inline", replicates=2,
+                                     treatments=[Treatment("only", {"v": 9})])
+    for r in over.values():
+        assert list(r.metrics.treatments) == ["only"]
+        assert r.replicates == 2
+
+
+def test_events_cover_lifecycle_with_timings():
+    a, a_out = node("a", replicates=2)
+    b, _ = node("b", source=a_out)
+    events = []
+    ExperimentGraph(a, b).run(executor="thread", on_event=events.append)
+    kinds = [(e.kind, e.experiment) for e in events]
+    assert kinds[0] == ("started", "a")
+    assert kinds.count(("unit_finished", "a")) == 2
+    assert ("finished", "b") in kinds
+    fin = next(e for e in events if e.kind == "finished" and e.experiment == "a")
+    assert fin.duration > 0 and fin.version == 0
+    unit = next(e for e in events if e.kind == "unit_finished")
+    assert unit.steps and unit.steps[0][0] == "CpuStep"
+
+
+# -- failures -------------------------------------------------------------------------------
+def test_failed_branch_skips_downstream_and_sibling_finishes():
+    @pipeline_step()
+    def explode(data, ctx):
+        raise RuntimeError("kaput")
+
+    bad_out = Artifact("bad.txt")
+    bad = Experiment(seed_data(), [explode()], name="bad", outputs=[bad_out])
+    after_bad, _ = node("after_bad", source=bad_out)
+    good, good_out = node("good", seconds=0.2)
+    after_good, _ = node("after_good", source=good_out)
+    events = []
+    with pytest.raises(ExperimentFailedError) as info:
+        ExperimentGraph(bad, after_bad, good, after_good).run(
+            executor="process", max_workers=2, on_event=events.append)
+    err = info.value
+    assert "bad" in err.failures and "kaput" in err.failures["bad"]
+    assert "after_bad" in err.failures and "upstream bad failed" in err.failures["after_bad"]
+    assert set(err.results) >= {"good", "after_good", "bad"}
+    assert err.results["after_good"].metrics.baseline.metrics["pid"]
+    assert any(e.kind == "skipped" and e.experiment == "after_bad" for e in events)
+    # the failed experiment left no completion marker anywhere
+    assert not list(Path("data/bad").rglob(".crystallize_complete"))
+    meta = json.loads(next(Path("data/bad").glob("v*/metadata.json")).read_text())
+    assert meta["status"] == "failed"
+
+
+def test_datasource_failure_fails_the_experiment():
+    @data_source
+    def missing(ctx):
+        raise FileNotFoundError("no such dataset")
+
+    exp = Experiment(missing(), [cpu()], name="nodata", replicates=2)
+    with pytest.raises(ExperimentFailedError, match="nodata.*no such dataset"):
+        exp.run(executor="inline")
+
+
+def test_cancellation_stops_workers_and_marks_nothing_complete(tmp_path):
+    pidfile = tmp_path / "pids"
+
+    @pipeline_step()
+    def long(data, ctx):
+        with open(pidfile, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        burn(60)
+        return data
+
+    exp = Experiment(seed_data(), [long()], name="long", replicates=2)
+
+    async def main():
+        with anyio.move_on_after(60) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: exp.arun(executor="process", max_workers=2))
+                while not pidfile.exists() or len(pidfile.read_text().split()) < 2:
+                    await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()
+        assert not scope.cancelled_caught
+
+    anyio.run(main)
+    pids = [int(p) for p in pidfile.read_text().split()]
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in pids if _alive(p)]
+        time.sleep(0.05)
+    assert alive == [], "worker processes kept running after cancellation"
+    assert not list(Path("data/long").rglob(".crystallize_complete"))
+    assert not list(Path("data/long").rglob("metadata.json"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a terminated child that was not reaped yet is a zombie: dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
