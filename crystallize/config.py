@@ -210,7 +210,7 @@ class ExperimentConfig:
         line = self.line(key) if key else None
         text = problem + (f" (line {line})" if line else "")
         if fix:
-            text += ". " + fix
+            text += (" " if text.endswith("?") else ". ") + fix
         return ConfigError(text, file=display_path(self.path), key=key)
 
 
@@ -286,8 +286,8 @@ def read_config(path: Path) -> ExperimentConfig:
     if duplicates:
         key, first, second = duplicates[0]
         raise config.error(
-            key, f"key {key.rsplit('.', 1)[-1]!r} is given twice (lines {first} and {second}), "
-            "and YAML would silently keep only the last one", "Remove or merge one of them",
+            key, f"key {key.rsplit('.', 1)[-1]!r} is given twice (also at line {first}), and "
+            "YAML would silently keep only the last one", "Remove or merge one of them",
         )
     return config
 
@@ -477,8 +477,7 @@ class _Modules:
         if found is None:
             available = [
                 n for n, obj in vars(module).items()
-                if not n.startswith("_") and accept(obj)
-                and getattr(obj, "__module__", module.__name__) == module.__name__
+                if not n.startswith("_") and accept(obj) and _defined_in(obj, module)
             ]
             raise self.config.error(
                 key, f"unknown {what} {name!r}: {stem}.py defines no {name!r}"
@@ -488,6 +487,15 @@ class _Modules:
         if not accept(found):
             raise self.config.error(key, f"{name!r} in {stem}.py is not a {what}", fix)
         return found
+
+
+def _defined_in(obj: Any, module: types.ModuleType) -> bool:
+    """Whether ``obj`` (or the function a factory wraps) is defined in ``module``, not imported."""
+    try:
+        obj = inspect.unwrap(obj)
+    except ValueError:
+        return False
+    return getattr(obj, "__module__", None) == module.__name__
 
 
 # -- building one experiment ------------------------------------------------------------------
@@ -536,13 +544,14 @@ class _Builder:
                     f"{alias}.write(obj), or pass the alias to an Artifact parameter in "
                     f"steps: (- my_step: {{out: {alias}}}); otherwise remove the output",
                 )
+        settings = {
+            "treatments": self.treatments(), "replicates": self.replicates(),
+            "hypotheses": self.hypotheses(), "plugins": self.plugins(),
+            "strategy": self.strategy(), "initial_ctx": self.initial_ctx(),
+            "description": self.description(),
+        }
         try:
-            return Experiment(
-                datasource, steps, name=name, treatments=self.treatments(),
-                replicates=self.replicates(), outputs=outputs, hypotheses=self.hypotheses(),
-                plugins=self.plugins(), strategy=self.strategy(),
-                initial_ctx=self.initial_ctx(), description=self.description(),
-            )
+            return Experiment(datasource, steps, name=name, outputs=outputs, **settings)
         except (ValueError, TypeError) as exc:
             raise config.error(None, f"invalid experiment: {exc}") from None
 

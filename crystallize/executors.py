@@ -17,6 +17,7 @@ steps that should give identical results on every executor draw from
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -57,10 +58,9 @@ async def wait_future(fut: Any) -> Any:
         if threading.get_ident() == loop_thread:
             event.set()
             return
-        try:
+        # RuntimeError: the event loop is already gone (the run was cancelled).
+        with contextlib.suppress(RuntimeError):
             anyio.from_thread.run_sync(event.set, token=token)
-        except RuntimeError:
-            pass  # the event loop is already gone (the run was cancelled)
 
     fut.add_done_callback(done)
     try:

@@ -111,7 +111,8 @@ def build_result(
     metrics = ExperimentMetrics()
     for cond in exp.conditions:
         record = records.get(cond)
-        values = {n: list(v[: exp.replicates]) for n, v in (record or {}).get("metrics", {}).items()}
+        stored = (record or {}).get("metrics", {})
+        values = {n: list(v[: exp.replicates]) for n, v in stored.items()}
         if cond == BASELINE:
             metrics.baseline = ConditionMetrics(values)
         else:
@@ -187,42 +188,46 @@ class ExperimentRun:
     def _load_external(self, producer: str) -> Result | None:
         """An upstream outside the graph (standalone ``Experiment.run``): its newest run on disk."""
         store = ExperimentStore(self.store.root, producer)
-        stored = store.newest_complete()
-        if stored is None:
-            return None
-        lease = store.lease(stored.number)
-        if lease is None:
-            return None
-        self.scheduler._leases.append(lease)
-        return load_stored_result(stored)
+        stored = self._claim_newest(store)
+        return None if stored is None else load_stored_result(stored)
+
+    def _claim_newest(self, store: ExperimentStore) -> StoredVersion | None:
+        """The newest complete version, claimed for this run (a pruner may race us: retry)."""
+        book = self.scheduler.book(store.root)
+        for _ in range(3):
+            stored = store.newest_complete()
+            if stored is None or store.claim(book, stored):
+                return stored
+        return None
 
     # -- the run ----------------------------------------------------------------------------
+    def _plan(self, fingerprint: dict[str, Any], origins: dict[str, dict[str, str]]) -> Plan:
+        stored = self._claim_newest(self.store) if self.exp.strategy == "resume" else None
+        return plan_run(self.exp, strategy=self.exp.strategy, stored=stored,
+                        fingerprint=fingerprint, upstream_origins=origins)
+
     async def execute(self) -> Result:
         exp = self.exp
-        run_lock = None
-        if exp.strategy == "resume":
-            # A second process resuming the same experiment waits here, then reuses the run.
-            run_lock = await acquire_lock(self.store.run_lock_path)
-        try:
-            views, origins = self._upstreams()
-            fingerprint = experiment_fingerprint(exp)
-            stored = self.store.newest_complete() if exp.strategy == "resume" else None
-            plan = plan_run(exp, strategy=exp.strategy, stored=stored, fingerprint=fingerprint,
-                            upstream_origins=origins)
-            if exp.strategy == "resume":
-                self.scheduler.emit(exp, Event("decision", exp.name or "", reason=plan.reason))
-            if plan.fully_reused:
-                assert plan.source is not None
-                lease = self.store.lease(plan.source.number)
-                if lease is not None:
-                    self.scheduler._leases.append(lease)
-                    return self._resumed(plan)
-                plan = plan_run(exp, strategy="resume", stored=None, fingerprint=fingerprint,
-                                upstream_origins=origins)
+        views, origins = self._upstreams()
+        fingerprint = experiment_fingerprint(exp)
+        plan = self._plan(fingerprint, origins)
+        if exp.strategy != "resume":
             return await self._execute(plan, views, origins, fingerprint)
-        finally:
-            if run_lock is not None:
+        if not plan.fully_reused:
+            # Someone else may be computing it right now: wait for them, then look again.
+            run_lock = await acquire_lock(self.store.run_lock_path)
+            try:
+                plan = self._plan(fingerprint, origins)
+                if not plan.fully_reused:
+                    self._decided(plan)
+                    return await self._execute(plan, views, origins, fingerprint)
+            finally:
                 run_lock.release()
+        self._decided(plan)
+        return self._resumed(plan)
+
+    def _decided(self, plan: Plan) -> None:
+        self.scheduler.emit(self.exp, Event("decision", self.exp.name or "", reason=plan.reason))
 
     def _resumed(self, plan: Plan) -> Result:
         assert plan.source is not None
@@ -261,7 +266,7 @@ class ExperimentRun:
             plugin.before_run(exp)
         started = time.time()
         seeds = [exp.seed_plugin.replicate_seed(name, r) for r in range(exp.replicates)]
-        writer = self.store.allocate()
+        writer = self.store.allocate(sched.book(self.store.root))
         try:
             for cond, record in plan.reuse.items():
                 assert plan.source is not None
@@ -321,12 +326,10 @@ class ExperimentRun:
                 "pid": os.getpid(),
             }
             stored = writer.publish(metadata)
-            if not failed:
-                lease = self.store.lease(writer.number)
-                if lease is not None:
-                    sched._leases.append(lease)
-        finally:
-            writer.close()
+        except BaseException:
+            # Cancelled or broken mid-run: the version has no metadata.json, so nothing treats
+            # it as complete; it is retired by a later prune.
+            raise
         result = build_result(
             exp, writer.number, writer.path, records, executed=True, errors=errors,
             provenance=_provenance(stored.metadata), reason=plan.reason,
@@ -337,7 +340,7 @@ class ExperimentRun:
             raise ExperimentRunFailed(
                 f"all {len(executed_units)} unit(s) failed; first error: "
                 f"{type(first).__name__}: {first}", result)
-        self.store.prune()
+        sched.discard(self.store.prune())
         sched.emit(exp, Event("finished", name, version=writer.number, duration=finished - started))
         for plugin in exp.plugins:
             plugin.after_run(exp, result)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import graphlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import networkx as nx
 
 from .experiment import Experiment
 
 if TYPE_CHECKING:
     import graphviz
+    import networkx as nx
 
     from .events import Event
     from .executors import Executor
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 class ExperimentGraph:
     """A DAG of experiments; edges come from the artifacts each experiment consumes.
 
+    :attr:`graph` exposes it as a ``networkx.DiGraph`` for analysis; the scheduler itself works
+    on plain adjacency sets (importing networkx costs more than resuming a 200-node graph).
+
     Build it from experiments (``ExperimentGraph(a, b, c)`` or :meth:`from_experiments`), from a
     folder of experiments (:meth:`from_yaml`), or by hand with :meth:`add_experiment` and
     :meth:`add_dependency`. Invalid graphs raise :class:`ValueError` naming the parts: a cycle,
@@ -32,8 +36,11 @@ class ExperimentGraph:
     """
 
     def __init__(self, *experiments: Experiment | Iterable[Experiment], _standalone: bool = False):
-        self._graph: nx.DiGraph = nx.DiGraph()
         self._manual: set[tuple[str, str]] = set()
+        self._experiments: dict[str, Experiment] = {}
+        self._parents: dict[str, list[str]] = {}
+        self._children: dict[str, list[str]] = {}
+        self._order: list[str] | None = None
         # A lone Experiment.run() may read artifacts of producers outside the graph (from disk).
         self._standalone = _standalone
         flat: list[Experiment] = []
@@ -70,11 +77,11 @@ class ExperimentGraph:
                 f"unnamed experiment {experiment!r}: every experiment in a graph needs "
                 "Experiment(..., name='...')"
             )
-        if experiment.name in self._graph:
+        if experiment.name in self._experiments:
             raise ValueError(
                 f"two experiments are named {experiment.name!r}; names must be unique in a graph"
             )
-        self._graph.add_node(experiment.name, experiment=experiment)
+        self._experiments[experiment.name] = experiment
 
     def add_experiment(self, experiment: Experiment) -> None:
         """Add an experiment; edges to and from it are inferred from its artifacts."""
@@ -86,11 +93,15 @@ class ExperimentGraph:
         down = downstream if isinstance(downstream, str) else downstream.name
         up = upstream if isinstance(upstream, str) else upstream.name
         for name in (down, up):
-            if name not in self._graph:
+            if name not in self._experiments:
                 raise ValueError(f"no experiment named {name!r} in the graph; add it first")
         self._manual.add((up, down))
-        self._graph.add_edge(up, down)
-        self._check_acyclic()
+        try:
+            self._infer_edges()
+        except ValueError:
+            self._manual.discard((up, down))
+            self._infer_edges()
+            raise
 
     def _infer_edges(self) -> None:
         producers: dict[int, str] = {}
@@ -102,12 +113,11 @@ class ExperimentGraph:
                         f"artifact {art.name!r} is produced twice: by {other!r} and {name!r}; "
                         "give each experiment its own Artifact object"
                     )
-        self._graph.remove_edges_from(list(self._graph.edges))
-        self._graph.add_edges_from(self._manual)
+        edges: list[tuple[str, str]] = sorted(self._manual)
         for name, exp in self.experiments.items():
             for art in exp.consumed_artifacts():
                 producer = producers.get(id(art))
-                if producer is None and art.producer in self._graph:
+                if producer is None and art.producer in self._experiments:
                     producer = art.producer
                 if producer is None:
                     if self._standalone:
@@ -117,45 +127,63 @@ class ExperimentGraph:
                         f"the graph produces it; add experiment {art.producer or '?'!r} to the "
                         "graph (or list the artifact in its producer's outputs)"
                     )
-                self._graph.add_edge(producer, name)
-        self._check_acyclic()
-
-    def _check_acyclic(self) -> None:
+                edges.append((producer, name))
+        parents: dict[str, list[str]] = {n: [] for n in self._experiments}
+        children: dict[str, list[str]] = {n: [] for n in self._experiments}
+        for up, down in edges:
+            if up not in parents[down]:
+                parents[down].append(up)
+                children[up].append(down)
         try:
-            cycle = nx.find_cycle(self._graph)
-        except nx.NetworkXNoCycle:
-            return
-        path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
-        raise ValueError(f"the experiments form a cycle: {path}; an experiment graph must be a DAG")
+            order = list(graphlib.TopologicalSorter(parents).static_order())
+        except graphlib.CycleError as exc:
+            cycle = list(reversed(exc.args[1]))
+            raise ValueError(
+                f"the experiments form a cycle: {' -> '.join(cycle)}; an experiment graph must "
+                "be a DAG (no experiment may depend, directly or not, on itself)"
+            ) from None
+        self._parents, self._children, self._order = parents, children, order
 
     # -- reading ----------------------------------------------------------------------------
     @property
     def experiments(self) -> dict[str, Experiment]:
         """``{name: Experiment}`` in insertion order."""
-        return {n: d["experiment"] for n, d in self._graph.nodes(data=True)}
+        return self._experiments
 
     @property
     def graph(self) -> nx.DiGraph:
-        """The underlying networkx DAG (nodes are experiment names)."""
-        return self._graph
+        """The graph as a ``networkx.DiGraph`` (nodes are names, with ``experiment`` data)."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for name, exp in self._experiments.items():
+            g.add_node(name, experiment=exp)
+        g.add_edges_from(self.edges)
+        return g
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        """``(upstream, downstream)`` pairs."""
+        return [(up, down) for down, ups in self._parents.items() for up in ups]
 
     def upstream(self, name: str) -> list[str]:
-        return list(self._graph.predecessors(name))
+        return list(self._parents[name])
 
     def downstream(self, name: str) -> list[str]:
-        return list(self._graph.successors(name))
+        return list(self._children[name])
 
     def topological_order(self) -> list[str]:
-        return list(nx.topological_sort(self._graph))
+        """Every experiment after all of its upstreams."""
+        return list(self._order or [])
 
     def __contains__(self, name: object) -> bool:
-        return name in self._graph
+        return name in self._experiments
 
     def __len__(self) -> int:
-        return self._graph.number_of_nodes()
+        return len(self._experiments)
 
     def __repr__(self) -> str:
-        return f"ExperimentGraph({list(self._graph.nodes)}, edges={list(self._graph.edges)})"
+        return f"ExperimentGraph({list(self._experiments)}, edges={self.edges})"
 
     # -- running ----------------------------------------------------------------------------
     def run(

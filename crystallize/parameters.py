@@ -12,7 +12,7 @@ from .fingerprint import code_fingerprint, value_fingerprint
 
 
 def is_artifact(value: Any) -> bool:
-    """True for :class:`~crystallize.Artifact` instances (checked by flag to avoid an import cycle)."""
+    """True for :class:`~crystallize.Artifact` instances (a class flag avoids an import cycle)."""
     return getattr(type(value), "is_artifact", False) is True
 
 

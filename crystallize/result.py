@@ -81,5 +81,7 @@ class Result:
                 f"artifacts: {sorted(self.artifacts)}"
             ) from None
         if path is None:
-            raise KeyError(f"{self.experiment}: {condition} replicate {replicate} wrote no {name!r}")
+            raise KeyError(
+                f"{self.experiment}: {condition} replicate {replicate} wrote no {name!r}"
+            )
         return path

@@ -66,7 +66,7 @@ def _pipeline_change(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> st
     old_names, new_names = [s["name"] for s in old], [s["name"] for s in new]
     if old_names != new_names:
         return f"pipeline steps changed: {old_names} -> {new_names}"
-    for before, after in zip(old, new):
+    for before, after in zip(old, new, strict=True):
         if before["code"] != after["code"]:
             changed = [
                 fn for fn, fp in after.get("functions", {}).items()

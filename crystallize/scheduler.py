@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .errors import ExperimentFailedError
 from .events import Event
 from .executors import Executor, UnitJob, resolve_executor
 from .experiment import check_replicates, check_strategy
+from .store import LeaseBook
 from .treatments import Treatment
 from .unit import UnitOutcome
 
@@ -85,7 +88,8 @@ class Scheduler:
         self._heap: list[tuple[float, int, UnitJob, _Outcome]] = []
         self._seq = itertools.count()
         self._ready = anyio.Semaphore(0)
-        self._leases: list[Any] = []
+        self._books: dict[Path, LeaseBook] = {}
+        self._background: TaskGroup | None = None
         self._rank: dict[str, float] = {}
 
     # -- configuration ----------------------------------------------------------------------
@@ -116,6 +120,22 @@ class Scheduler:
             weight = (len(exp.treatments) + 1) * (self.options.replicates or exp.replicates)
             below = [self._rank[c] for c in self.graph.downstream(name)]
             self._rank[name] = weight + (max(below) if below else 0)
+
+    # -- the store ------------------------------------------------------------------------
+    def book(self, root: Path) -> LeaseBook:
+        """This run's lease book for a store root (opened on first use)."""
+        book = self._books.get(root)
+        if book is None:
+            book = self._books[root] = LeaseBook(root)
+        return book
+
+    def discard(self, paths: list[Path]) -> None:
+        """Delete retired version directories in the background."""
+        if paths and self._background is not None:
+            for path in paths:
+                self._background.start_soon(
+                    anyio.to_thread.run_sync, shutil.rmtree, path, True
+                )
 
     # -- events -----------------------------------------------------------------------------
     def emit(self, exp: Experiment, event: Event) -> None:
@@ -177,7 +197,8 @@ class Scheduler:
         self._rank_nodes()
         order = self.graph.topological_order()
         try:
-            async with self.executor:
+            async with self.executor, anyio.create_task_group() as background:
+                self._background = background
                 async with anyio.create_task_group() as dispatchers:
                     for _ in range(max(1, self.executor.capacity)):
                         dispatchers.start_soon(self._dispatcher)
@@ -186,13 +207,10 @@ class Scheduler:
                             nodes.start_soon(self._node, name)
                     dispatchers.cancel_scope.cancel()
         finally:
-            for lease in self._leases:
-                lease.release()
+            for book in self._books.values():
+                book.close()
         results = {name: self.results[name] for name in order if name in self.results}
         if self.failures:
             raise ExperimentFailedError(self.failures, results)
         return results
 
-
-def unbounded_stream() -> tuple[Any, Any]:
-    return anyio.create_memory_object_stream[UnitOutcome](math.inf)

@@ -6,8 +6,7 @@ Layout of one version::
     vN/<condition>/results.json                   # metrics, errors, artifact index
     vN/<condition>/.crystallize_complete          # only after results.json and its artifacts
     vN/replicate_<r>/<condition>/<step>/<file>    # artifacts, written by the units
-    vN/.writing.lock                              # held by the process writing vN
-    vN/.readers/<id>.lock                         # held by each process reading vN
+    vN/.doomed                                    # briefly, while a pruner decides
 
 Crash consistency comes from ordering and atomic renames: every file is written to a temporary
 name and renamed into place, a marker only after the files it vouches for, and
@@ -15,13 +14,21 @@ name and renamed into place, a marker only after the files it vouches for, and
 ``metadata.json`` is never used. Older versions are pruned only after a newer one is complete.
 
 Concurrency comes from kernel file locks (``filelock``), which the OS releases when a holder
-dies, so a crashed process never blocks a later one:
+dies, so a crashed process never blocks a later one. Locks are taken per run, not per file, to
+keep the per-experiment cost low:
 
-- ``<experiment>/.lock`` is held briefly to allocate a version, take a reader lease, or prune;
-- ``vN/.writing.lock`` marks a version as being written (pruning skips it while it is held);
-- ``vN/.readers/*.lock`` are reader leases (pruning skips a version with a live lease);
+- ``<root>/.leases/<id>.lock`` is held by each running graph (one per process and store root);
+  its companion ``<id>.txt`` lists, one line each, the versions that run reads or writes. A
+  version listed by a live lease is never pruned; a dead process's lease is ignored and removed.
+- ``<experiment>/.lock`` is held while pruning, so pruners do not race each other.
 - ``<experiment>/.run.lock`` serialises computing the experiment under ``resume``, so a second
   process waits for the first and then reuses its version instead of computing it again.
+
+A reader and a pruner meet without a common lock in the style of Dekker's algorithm: the reader
+first appends its lease line, then checks the version is neither gone nor marked ``.doomed``;
+the pruner first marks the version ``.doomed``, then reads the leases, and either removes the
+version or lifts the mark. Whatever the interleaving, either the pruner sees the lease or the
+reader sees the mark (and looks for a newer version instead).
 """
 
 from __future__ import annotations
@@ -84,22 +91,71 @@ def write_json(path: Path, obj: Any, *, fsync: bool = False) -> None:
     atomic_write(path, json.dumps(obj, indent=1, default=str).encode(), fsync=fsync)
 
 
-def _try_lock(path: Path) -> FileLock | None:
+def _held_by_someone(path: Path) -> bool:
+    """True if some holder (another process, or this one through another handle) has the lock."""
     lock = FileLock(path, timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        return None
-    return lock
-
-
-def _held_by_someone(path: Path) -> bool:
-    """True if another holder has the lock at ``path`` (ours would be held through another fd)."""
-    lock = _try_lock(path)
-    if lock is None:
         return True
     lock.release()
     return False
+
+
+class LeaseBook:
+    """One running graph's claims on versions under a store root.
+
+    Holds ``<root>/.leases/<id>.lock`` for as long as the run lasts, and appends a line to
+    ``<id>.txt`` for each version the run writes or reads. Appending is a single ``write``, so a
+    lease costs no lock round trip.
+    """
+
+    _open: dict[Path, list[LeaseBook]] = {}
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        folder = root / ".leases"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._lock = FileLock(folder / f"{stem}.lock")
+        self._lock.acquire()
+        self.path = folder / f"{stem}.txt"
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.claims: set[str] = set()
+        LeaseBook._open.setdefault(root, []).append(self)
+
+    def claim(self, experiment: str, number: int) -> None:
+        key = f"{experiment}/v{number}"
+        if key not in self.claims:
+            os.write(self._fd, f"{key}\n".encode())
+            self.claims.add(key)
+
+    def close(self) -> None:
+        LeaseBook._open.get(self.root, []).remove(self)
+        os.close(self._fd)
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        self._lock.release()
+
+    @classmethod
+    def live_claims(cls, root: Path) -> set[str]:
+        """Every version claimed by a live run on ``root``, this process's included."""
+        ours = cls._open.get(root, [])
+        claims: set[str] = set().union(*(b.claims for b in ours)) if ours else set()
+        own = {b.path for b in ours}
+        folder = root / ".leases"
+        for txt in folder.glob("*.txt") if folder.exists() else ():
+            if txt in own:
+                continue
+            lock = txt.with_suffix(".lock")
+            if _held_by_someone(lock):
+                with contextlib.suppress(OSError):
+                    claims.update(txt.read_text().split())
+            else:  # left by a process that died
+                for stale in (txt, lock):
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
+        return claims
 
 
 @dataclass
@@ -125,7 +181,7 @@ class StoredVersion:
             return None
 
     def missing_artifacts(self, results: dict[str, Any], replicates: int) -> list[str]:
-        """Artifact files the condition's results list for its first ``replicates`` that are gone."""
+        """Artifact files listed for the condition's first ``replicates`` that no longer exist."""
         missing = []
         for paths in results.get("artifacts", {}).values():
             for rel in paths[:replicates]:
@@ -136,12 +192,11 @@ class StoredVersion:
 
 @dataclass
 class VersionWriter:
-    """A version being written by this process; holds its ``.writing.lock``."""
+    """A version being written by this process (claimed in its run's lease book)."""
 
     number: int
     path: Path
     fsync: bool
-    _lock: FileLock
     conditions: list[str] = field(default_factory=list)
 
     def reuse(self, source: StoredVersion, condition: str, results: dict[str, Any]) -> None:
@@ -168,29 +223,16 @@ class VersionWriter:
         cdir = self.path / condition
         write_json(cdir / RESULTS, results, fsync=self.fsync)
         if complete:
-            atomic_write(cdir / MARKER, b"", fsync=self.fsync)
+            # An empty marker cannot be partial, so it is created directly, not renamed in.
+            os.close(os.open(cdir / MARKER, os.O_WRONLY | os.O_CREAT, 0o644))
+            if self.fsync:
+                fsync_dir(cdir)
         self.conditions.append(condition)
 
     def publish(self, metadata: dict[str, Any]) -> StoredVersion:
         """Write ``metadata.json`` last: from here on the version is used by resume and readers."""
         write_json(self.path / METADATA, metadata, fsync=self.fsync)
         return StoredVersion(self.number, self.path, metadata)
-
-    def close(self) -> None:
-        self._lock.release()
-
-
-class ReaderLease:
-    """A live claim that a version is being read; pruning leaves the version alone."""
-
-    def __init__(self, lock: FileLock, path: Path) -> None:
-        self._lock = lock
-        self._path = path
-
-    def release(self) -> None:
-        self._lock.release()
-        with contextlib.suppress(OSError):
-            self._path.unlink()
 
 
 class ExperimentStore:
@@ -238,77 +280,69 @@ class ExperimentStore:
                 return version
         return None
 
-    def allocate(self) -> VersionWriter:
-        """Claim a fresh ``vN`` (never one another process is writing or has written)."""
-        with self._locked():
-            numbers = self.version_numbers()
-            number = (numbers[0] + 1) if numbers else 0
-            while True:
-                path = self.dir / f"v{number}"
-                try:
-                    path.mkdir()
-                    break
-                except FileExistsError:
-                    number += 1
-            lock = FileLock(path / ".writing.lock")
-            lock.acquire()
-        return VersionWriter(number, path, self.fsync, lock)
+    def allocate(self, book: LeaseBook) -> VersionWriter:
+        """Claim a fresh ``vN``: higher than every existing version, never shared.
 
-    def lease(self, number: int) -> ReaderLease | None:
-        """Protect complete version ``number`` from pruning while it is read; None if gone."""
-        with self._locked():
-            version = self.read(number)
-            if version is None or not version.complete:
-                return None
-            readers = version.path / ".readers"
-            readers.mkdir(exist_ok=True)
-            path = readers / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.lock"
-            lock = FileLock(path)
-            lock.acquire()
-        return ReaderLease(lock, path)
-
-    def _in_use(self, path: Path) -> bool:
-        if _held_by_someone(path / ".writing.lock"):
-            return True
-        readers = path / ".readers"
-        live = False
-        for lease in readers.glob("*.lock") if readers.exists() else ():
-            if _held_by_someone(lease):
-                live = True
-            else:
-                with contextlib.suppress(OSError):
-                    lease.unlink()  # left by a reader that died
-        return live
-
-    def prune(self) -> list[int]:
-        """Remove versions beyond the newest ``keep`` complete ones, and dead unfinished ones.
-
-        Skips any version a live process is writing or reading. Returns the removed numbers.
+        ``mkdir`` is atomic, so two processes can never get the same number; the claim in
+        ``book`` (made before anything is written) keeps pruners away while it is written.
         """
-        removed: list[int] = []
+        self.dir.mkdir(parents=True, exist_ok=True)
+        numbers = self.version_numbers()
+        number = (numbers[0] + 1) if numbers else 0
+        while True:
+            book.claim(self.name, number)
+            try:
+                (self.dir / f"v{number}").mkdir()
+                break
+            except FileExistsError:
+                number += 1
+        return VersionWriter(number, self.dir / f"v{number}", self.fsync)
+
+    def claim(self, book: LeaseBook, version: StoredVersion) -> bool:
+        """Protect ``version`` from pruning for ``book``'s run; False if it is already going."""
+        book.claim(self.name, version.number)
+        return (version.path / METADATA).exists() and not (version.path / ".doomed").exists()
+
+    def prune(self) -> list[Path]:
+        """Retire versions beyond the newest ``keep`` complete ones, and dead unfinished ones.
+
+        Versions claimed by a live run are skipped, and so are unfinished versions newer than
+        the newest complete one (they may be being written). Retired versions are renamed away
+        at once, so they vanish whole; the returned directories are for the caller to delete
+        (slow on some disks, so it need not happen on the critical path).
+        """
+        numbers = self.version_numbers()
+        if len(numbers) <= self.keep:
+            return []
+        versions = [(n, self.read(n)) for n in numbers]
+        complete = [n for n, v in versions if v is not None and v.complete]
+        if not complete:
+            return []
+        retire = set(complete[self.keep:]) | {
+            n for n, v in versions if (v is None or not v.complete) and n < complete[0]
+        }
+        if not retire:
+            return []
         trash: list[Path] = []
         with self._locked():
-            kept = 0
-            for number in self.version_numbers():
-                version = self.read(number)
+            doomed = []
+            for number in sorted(retire):
+                mark = self.dir / f"v{number}" / ".doomed"
+                with contextlib.suppress(OSError):
+                    os.close(os.open(mark, os.O_WRONLY | os.O_CREAT, 0o644))
+                    doomed.append(number)
+            claims = LeaseBook.live_claims(self.root)
+            for number in doomed:
                 path = self.dir / f"v{number}"
-                if version is not None and version.complete:
-                    kept += 1
-                    if kept <= self.keep:
-                        continue
-                if self._in_use(path):
+                if f"{self.name}/v{number}" in claims:
+                    with contextlib.suppress(OSError):
+                        (path / ".doomed").unlink()
                     continue
-                # Renaming first makes removal atomic for readers: the version vanishes whole.
                 target = self.dir / f".trash-v{number}-{uuid.uuid4().hex[:8]}"
-                try:
+                with contextlib.suppress(OSError):
                     os.rename(path, target)
-                except OSError:
-                    continue
-                trash.append(target)
-                removed.append(number)
-        for path in trash:
-            shutil.rmtree(path, ignore_errors=True)
-        return removed
+                    trash.append(target)
+        return trash
 
     def versions_summary(self) -> list[StoredVersion | int]:
         """Each version: a StoredVersion when its metadata is readable, else its bare number."""

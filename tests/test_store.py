@@ -169,9 +169,10 @@ def test_pruning_spares_a_version_another_process_reads(workload, tmp_path):
     reader = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time; from pathlib import Path\n"
-         "from crystallize.store import ExperimentStore\n"
-         "lease = ExperimentStore(Path(sys.argv[1]), 'producer').lease(0)\n"
-         "print('reading' if lease else 'gone', flush=True)\ntime.sleep(600)",
+         "from crystallize.store import ExperimentStore, LeaseBook\n"
+         "root = Path(sys.argv[1]); store = ExperimentStore(root, 'producer')\n"
+         "ok = store.claim(LeaseBook(root), store.read(0))\n"
+         "print('reading' if ok else 'gone', flush=True)\ntime.sleep(600)",
          str(tmp_path / "data")],
         stdout=subprocess.PIPE, text=True,
     )

@@ -1,0 +1,553 @@
+"""The ``crystallize`` command line (SPEC §6).
+
+``PATH`` is a ``config.yaml``, an experiment folder or an experiments root, as for
+:meth:`~crystallize.ExperimentGraph.from_yaml`. Exit codes: 0 success, 1 an experiment failed,
+2 a user mistake (bad config, missing path, bad option; reported without a traceback),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import numbers
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from statistics import fmean, stdev
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from . import __version__
+from .config import (
+    CONFIG_FILE,
+    display_path,
+    experiment_configs,
+    load_experiment,
+    locate_experiment,
+    sibling_names,
+)
+from .errors import ConfigError, ExperimentFailedError
+from .events import Event
+from .graph import ExperimentGraph
+from .result import Result
+from .store import ExperimentStore
+from .treatments import BASELINE
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXECUTORS = ("process", "thread", "inline", "dask")
+_STATE_STYLES = {"complete": "green", "stale": "yellow", "never run": "dim"}
+
+
+class UsageError(Exception):
+    """A user mistake on the command line; printed without a traceback (exit code 2)."""
+
+
+def _did_you_mean(value: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(value, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _load(path: str) -> ExperimentGraph:
+    try:
+        return ExperimentGraph.from_yaml(path)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # graph construction: cycles, duplicate names, missing producers
+        raise UsageError(f"{display_path(Path(path))}: {exc}") from None
+
+
+# -- run --------------------------------------------------------------------------------------
+class RunProgress:
+    """One progress bar per experiment, driven by the run's events (``on_event``)."""
+
+    def __init__(self, console: Console, names: Sequence[str]) -> None:
+        self.console = console
+        # Refreshed on each event rather than by rich's background thread: the process pool
+        # forks workers during the run, and forking while another thread runs is unsafe.
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[note]}"),
+            console=console, auto_refresh=False,
+        )
+        self.tasks: dict[str, TaskID] = {
+            name: self.progress.add_task(name, total=None, note="[dim]waiting", start=False)
+            for name in names
+        }
+
+    def __enter__(self) -> RunProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.refresh()
+        self.progress.stop()
+
+    def note(self, message: str, style: str) -> None:
+        self.progress.console.print(Text(message, style=style))
+
+    def on_event(self, event: Event) -> None:
+        task = self.tasks.get(event.experiment)
+        if task is None:
+            return
+        update = self.progress.update
+        if event.kind == "decision" and event.reason:
+            self.note(f"{event.experiment}: {event.reason}", "dim")
+        elif event.kind == "started":
+            self.progress.start_task(task)
+            update(task, total=event.units or 0, completed=0,
+                   note=f"running -> v{event.version}")
+        elif event.kind == "unit_finished":
+            self.progress.advance(task)
+            if event.error:
+                self.note(event.describe(), "red")
+        elif event.kind == "resumed":
+            self.progress.start_task(task)
+            update(task, total=1, completed=1, note=f"[green]cached, resumed v{event.version}")
+        elif event.kind == "finished":
+            total = self.progress.tasks[task].total or 0
+            update(task, completed=total,
+                   note=f"[green]done -> v{event.version} ({event.duration or 0:.1f}s)")
+        elif event.kind == "failed":
+            update(task, note="[red]failed")
+            self.note(event.describe(), "red")
+        elif event.kind == "skipped":
+            self.progress.start_task(task)
+            update(task, total=1, completed=0, note="[yellow]skipped")
+            self.note(event.describe(), "yellow")
+        self.progress.refresh()
+
+
+def _numeric(values: Sequence[Any]) -> list[float] | None:
+    found = [v for v in values if v is not None]
+    if found and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in found):
+        return [float(v) for v in found]
+    return None
+
+
+def format_values(values: Sequence[Any]) -> str:
+    """Replicate values as ``mean ± sd`` (numbers) or the distinct values (anything else)."""
+    numeric = _numeric(values)
+    if numeric is None:
+        shown = list(dict.fromkeys(repr(v) for v in values if v is not None))
+        text = ", ".join(shown) or "-"
+        return text if len(text) <= 30 else text[:29] + "…"
+    mean = fmean(numeric)
+    if len(numeric) < 2:
+        return f"{mean:.4g}"
+    return f"{mean:.4g} ± {stdev(numeric):.2g}"
+
+
+def summary_title(result: Result) -> Text:
+    """``name (executed -> vN, R replicate(s))``, or resumed, or failed."""
+    how = f"resumed v{result.version}" if result.resumed else f"executed -> v{result.version}"
+    if result.failed:
+        how = "failed"
+    return Text(f"{result.experiment} ({how}, {result.replicates} replicate(s))", style="bold")
+
+
+def summary_table(result: Result) -> Table:
+    """Metrics of one experiment: a row per condition, ``mean ± sd`` over replicates."""
+    table = Table()
+    table.add_column("condition")
+    per_condition = {c: result.metrics.condition(c).metrics for c in result.conditions}
+    metric_names = list(dict.fromkeys(m for ms in per_condition.values() for m in ms))
+    for metric in metric_names:
+        table.add_column(metric, justify="right")
+    if result.errors:
+        table.add_column("errors", style="red")
+    for condition, metrics in per_condition.items():
+        row = [condition] + [format_values(metrics.get(m, [])) for m in metric_names]
+        if result.errors:
+            failed = [k for k in result.errors if k.startswith(f"{condition}_rep_")]
+            row.append(f"{len(failed)} unit(s)" if failed else "")
+        table.add_row(*row)
+    return table
+
+
+def _hypothesis_lines(result: Result) -> list[str]:
+    lines = []
+    for hyp in result.metrics.hypotheses:
+        parts = []
+        for treatment, output in hyp.results.items():
+            shown = {k: v for k, v in output.items() if k in ("p_value", "significant", "error")}
+            text = ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in (shown or output).items()
+            )
+            parts.append(f"{treatment}: {text}")
+        ranking = ", ".join(hyp.ranking) or "-"
+        lines.append(f"hypothesis {hyp.name}: {'; '.join(parts) or 'no treatments'} "
+                     f"(ranking: {ranking})")
+    return lines
+
+
+def _select_treatments(graph: ExperimentGraph, selected: Sequence[str]) -> None:
+    """Keep only the ``selected`` treatments in every experiment (baseline always runs)."""
+    available = sorted(
+        {t.name for exp in graph.experiments.values() for t in exp.treatments} | {BASELINE}
+    )
+    for name in selected:
+        if name not in available:
+            raise UsageError(
+                f"--treatment {name}: no experiment of the graph has this treatment"
+                f"{_did_you_mean(name, available)}. Treatments: {', '.join(available)}"
+            )
+    for exp in graph.experiments.values():
+        exp.treatments = [t for t in exp.treatments if t.name in selected or t.name == BASELINE]
+
+
+def cmd_run(args: argparse.Namespace, out: Console) -> int:
+    graph = _load(args.path)
+    if args.treatment:
+        _select_treatments(graph, args.treatment)
+    failure: ExperimentFailedError | None = None
+    with RunProgress(out, graph.topological_order()) as progress:
+        try:
+            results = graph.run(
+                strategy=args.strategy, replicates=args.replicates, executor=args.executor,
+                max_workers=args.workers, on_event=progress.on_event,
+            )
+        except ExperimentFailedError as exc:
+            failure, results = exc, exc.results
+        except ImportError as exc:  # an optional dependency, e.g. dask for --executor dask
+            raise UsageError(f"{exc}") from None
+    for result in results.values():
+        out.print(summary_title(result))
+        out.print(summary_table(result))
+        for line in _hypothesis_lines(result):
+            out.print(Text(line))
+        for key, error in list(result.errors.items())[:3]:
+            out.print(Text(f"  {key}: {type(error).__name__}: {error}", style="red"))
+    if failure is None:
+        return EXIT_OK
+    out.print(Text(f"{len(failure.failures)} experiment(s) failed:", style="bold red"))
+    for name, cause in failure.failures.items():
+        out.print(Text(f"  {name}: {cause}", style="red"))
+    return EXIT_FAILED
+
+
+# -- status, graph, list ----------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace, out: Console) -> int:
+    from .status import experiment_status
+
+    table = Table("experiment", "state", "version", "why")
+    for name, status in experiment_status(_load(args.path)).items():
+        version = "-" if status.version is None else f"v{status.version}"
+        table.add_row(name, Text(status.state, style=_STATE_STYLES[status.state]), version,
+                      status.reason)
+    out.print(table)
+    return EXIT_OK
+
+
+def cmd_graph(args: argparse.Namespace, out: Console) -> int:
+    from .visualize import INSTALL_HINT, build_digraph, write_diagram
+
+    digraph = build_digraph(_load(args.path))
+    if args.output is None:
+        sys.stdout.write(digraph.source)
+        return EXIT_OK
+    try:
+        written, rendered = write_diagram(digraph, Path(args.output), args.format)
+    except ValueError as exc:
+        raise UsageError(f"-o {args.output}: {exc}") from None
+    out.print(f"wrote {written}")
+    if not rendered and written.suffix.lstrip(".") != Path(args.output).suffix.lstrip("."):
+        out.print(Text(INSTALL_HINT, style="yellow"))
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, out: Console) -> int:
+    table = Table("experiment", "folder", "replicates", "treatments", "reads from")
+    broken = 0
+    for config in experiment_configs(Path(args.root)):
+        folder = str(display_path(config.parent))
+        try:
+            exp = load_experiment(config)
+        except ConfigError as exc:
+            broken += 1
+            table.add_row(Text(config.parent.name, style="red"), folder, "", "",
+                          Text(f"error: {exc}", style="red"))
+            continue
+        upstreams = sorted({f"{a.producer}#{a.name}" for a in exp.consumed_artifacts()})
+        # 📈 marks graph experiments (they consume other experiments' outputs), as in the UI.
+        name = f"📈 {exp.name}" if upstreams else str(exp.name)
+        table.add_row(
+            name, folder, str(exp.replicates),
+            ", ".join(t.name for t in exp.treatments) or "-", ", ".join(upstreams) or "-",
+        )
+    out.print(table)
+    return EXIT_USAGE if broken else EXIT_OK
+
+
+# -- new --------------------------------------------------------------------------------------
+_CONFIG_TEMPLATE = """\
+# {name}: a crystallize folder experiment. Run it with: crystallize run {folder}
+name: {name}
+replicates: 3
+{datasource}steps:
+  - example_step            # a @pipeline_step factory in steps.py
+treatments:
+  shifted: {{offset: 1.0}}    # reaches example_step's `offset` parameter
+{outputs}"""
+
+_STEPS_TEMPLATE = '''\
+"""Steps of the {name} experiment."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from crystallize import {imports}
+
+
+@pipeline_step()
+def example_step(
+    data: Any, ctx: FrozenContext, {artifact_params}offset: float = 0.0
+) -> tuple[Any, dict[str, float]]:
+    """Record a score per replicate; the `shifted` treatment sets ``offset``.
+
+    {data_doc}
+    """
+    rng = random.Random(ctx["seed"])  # the replicate's own seed: reproducible on every executor
+    score = rng.gauss(0.0, 1.0) + offset
+{writes}    return data, {{"score": score}}
+'''
+
+_OUTPUTS_TEMPLATE = '''\
+"""Writers and loaders of the {name} experiment's outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def dump_json(obj: Any) -> str:
+    """Encode ``obj`` as the text of a JSON file."""
+    return json.dumps(obj, indent=2, sort_keys=True)
+
+
+def load_json(path: Path) -> Any:
+    """Decode a JSON file written by :func:`dump_json`."""
+    return json.loads(path.read_text(encoding="utf-8"))
+'''
+
+
+def _resolve_use(root: Path, ref: str) -> tuple[str, str]:
+    """Check ``EXPERIMENT#OUTPUT`` against the experiments under ``root``; return the pair."""
+    experiment, _, output = ref.partition("#")
+    if not experiment or not output or "#" in output:
+        raise UsageError(f"--use {ref}: expected EXPERIMENT#OUTPUT, e.g. --use producer#summary")
+    config = locate_experiment(root, experiment)
+    if config is None:
+        names = sibling_names(root)
+        raise UsageError(
+            f"--use {ref}: no experiment {experiment!r} in {display_path(root)}"
+            f"{_did_you_mean(experiment, names)}. Experiments there: {', '.join(names) or 'none'}"
+            " (use --root to point at another folder)"
+        )
+    aliases = config.output_aliases
+    if output not in aliases:
+        raise UsageError(
+            f"--use {ref}: experiment {experiment!r} ({display_path(config.path)}) has no output "
+            f"{output!r}{_did_you_mean(output, aliases)}. Its outputs: "
+            f"{', '.join(aliases) or 'none'}"
+        )
+    return experiment, output
+
+
+def scaffold(name: str, root: Path, uses: Sequence[str], outputs: Sequence[str]) -> list[Path]:
+    """Create the folder experiment ``root/name``; returns the files written.
+
+    ``uses`` are ``EXPERIMENT#OUTPUT`` references wired into ``datasource:`` (each validated
+    against the experiments under ``root``); ``outputs`` are aliases of JSON outputs the
+    example step writes (``outputs.py`` is written only for them).
+
+    :raises UsageError: for an invalid name, an existing folder or a bad reference
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise UsageError(f"invalid experiment name {name!r}: use letters, digits, '_', '-', '.'")
+    folder = root / name
+    if folder.exists():
+        raise UsageError(f"{display_path(folder)} already exists; choose another NAME or --root")
+    bad = [o for o in outputs if not o.isidentifier()]
+    if bad or len(set(outputs)) != len(outputs):
+        raise UsageError(f"--output names must be distinct Python identifiers, got {list(outputs)}")
+    inputs: dict[str, str] = {}
+    for ref in uses:
+        experiment, output = _resolve_use(root, ref)
+        alias = re.sub(r"\W", "_", f"{experiment}_{output}")
+        inputs[alias if alias not in inputs else f"{alias}_{len(inputs)}"] = ref
+
+    folder_text = display_path(folder).as_posix()
+    datasource = "".join(
+        ["datasource:                 # <experiment>#<output alias>\n"]
+        + [f"  {alias}: {ref}\n" for alias, ref in inputs.items()]
+    ) if inputs else ""
+    outputs_text = "".join(
+        ["outputs:                    # writer/loader are functions in outputs.py\n"]
+        + [f"  {o}: {{file_name: {o}.json, writer: dump_json, loader: load_json}}\n"
+           for o in outputs]
+    ) if outputs else ""
+    data_doc = (
+        "``data`` is ``{" + ", ".join(f'"{a}": ...' for a in inputs) + "}``: each value is the "
+        "upstream loader's output."
+        if inputs else "``data`` is None: this experiment has no datasource yet."
+    )
+    files = {
+        folder / CONFIG_FILE: _CONFIG_TEMPLATE.format(
+            name=name, folder=folder_text, datasource=datasource, outputs=outputs_text
+        ),
+        folder / "steps.py": _STEPS_TEMPLATE.format(
+            name=name,
+            imports=", ".join((["Artifact"] if outputs else []) + ["FrozenContext",
+                                                                   "pipeline_step"]),
+            artifact_params="".join(f"{o}: Artifact, " for o in outputs),
+            data_doc=data_doc,
+            writes="".join(f'    {o}.write({{"score": score}})\n' for o in outputs),
+        ),
+    }
+    if outputs:
+        files[folder / "outputs.py"] = _OUTPUTS_TEMPLATE.format(name=name)
+    folder.mkdir(parents=True)
+    for path, text in files.items():
+        path.write_text(text, encoding="utf-8")
+    return list(files)
+
+
+def cmd_new(args: argparse.Namespace, out: Console) -> int:
+    root = Path(args.root)
+    written = scaffold(args.name, root, args.use or [], args.output or [])
+    # The scaffold must load as it is; checking here catches a template out of step with the
+    # config rules before the user does.
+    load_experiment(written[0])
+    for path in written:
+        out.print(f"created {display_path(path)}")
+    out.print(f"next: edit steps.py, then `crystallize run {display_path(written[0].parent)}`")
+    return EXIT_OK
+
+
+# -- clean ------------------------------------------------------------------------------------
+def cmd_clean(args: argparse.Namespace, out: Console) -> int:
+    table = Table("experiment", "removed", "kept")
+    for name, exp in _load(args.path).experiments.items():
+        store = ExperimentStore(exp.store_plugin.root_dir.resolve(), name, keep=args.keep)
+        if not store.dir.exists():  # prune() would create the directory of a never-run one
+            table.add_row(name, "-", "never run")
+            continue
+        removed = store.prune()
+        kept = ", ".join(f"v{n}" for n in store.version_numbers()) or "-"
+        table.add_row(name, ", ".join(f"v{n}" for n in removed) or "-", kept)
+    out.print(table)
+    return EXIT_OK
+
+
+# -- parsing ----------------------------------------------------------------------------------
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``crystallize``."""
+    parser = argparse.ArgumentParser(
+        prog="crystallize",
+        description="Reproducible computational experiments as a DAG. PATH is a config.yaml, "
+        "an experiment folder, or a folder of experiments.",
+    )
+    parser.add_argument("--version", action="version", version=f"crystallize {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace, Console], int],
+                help: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help, description=help)
+        cmd.set_defaults(handler=handler)
+        return cmd
+
+    run = command("run", cmd_run, "run experiments, prerequisites first, with progress bars")
+    run.add_argument("path", metavar="PATH")
+    run.add_argument("--strategy", choices=("rerun", "resume"),
+                     help="override every experiment's strategy")
+    run.add_argument("--replicates", type=_positive, metavar="N",
+                     help="override every experiment's replicates")
+    run.add_argument("--workers", type=_positive, metavar="N",
+                     help="worker processes/threads (default: all cores)")
+    run.add_argument("--executor", choices=EXECUTORS, help="where units run (default: process)")
+    run.add_argument("--treatment", action="append", metavar="NAME",
+                     help="run only this treatment (repeatable; baseline always runs)")
+
+    status = command("status", cmd_status,
+                     "show each experiment as complete, stale (and why) or never run")
+    status.add_argument("path", metavar="PATH")
+
+    graph = command("graph", cmd_graph, "draw the experiment graph with Graphviz")
+    graph.add_argument("path", metavar="PATH")
+    graph.add_argument("-o", "--output", metavar="FILE",
+                       help="file to write (format from its suffix: svg, png, pdf, dot...); "
+                       "without it the DOT source is printed")
+    graph.add_argument("--format", default="svg", help="format when FILE has no suffix")
+
+    listing = command("list", cmd_list, "list the experiments in a folder of experiments")
+    listing.add_argument("root", metavar="ROOT", nargs="?", default=".")
+
+    new = command("new", cmd_new, "scaffold a folder experiment")
+    new.add_argument("name", metavar="NAME")
+    new.add_argument("--root", default="experiments", metavar="DIR",
+                     help="folder of experiments to create it in (default: experiments)")
+    new.add_argument("--use", action="append", metavar="EXPERIMENT#OUTPUT",
+                     help="wire an upstream output into datasource: (repeatable)")
+    new.add_argument("--output", action="append", metavar="ALIAS",
+                     help="declare a JSON output the example step writes (repeatable)")
+
+    clean = command("clean", cmd_clean, "delete old stored versions")
+    clean.add_argument("path", metavar="PATH")
+    clean.add_argument("--keep", type=_positive, default=1, metavar="N",
+                       help="complete versions to keep per experiment (default: 1)")
+    return parser
+
+
+def _report(console: Console, message: str) -> None:
+    console.print(Text("error: ", style="bold red") + Text(message, style="red"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``crystallize`` command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
+    out, err = Console(), Console(stderr=True)
+    try:
+        return int(args.handler(args, out))
+    except (ConfigError, UsageError) as exc:
+        _report(err, str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _report(err, "interrupted")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
