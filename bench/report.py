@@ -30,6 +30,7 @@ class Row:
     import_s: float | None = None
     framework: str | None = None
     skipped: str | None = None
+    unavailable: str | None = None  # the system could not even be imported
     errors: list[str] = field(default_factory=list)
 
 
@@ -52,7 +53,7 @@ def summarize(
             row = Row(w.key, s.name)
             reason = skipped.get(s.name) or s.skip_reason(w)
             if s.name in failed:
-                row.errors = [f"unavailable: {failed[s.name]}"]
+                row.unavailable = failed[s.name]
             elif reason:
                 row.skipped = reason
             ms = [m for m in measurements if m["system"] == s.name and m["workload"] == w.key]
@@ -77,7 +78,8 @@ def _fill(row: Row, ok: list[dict[str, Any]], w: Workload, s: System, cores: int
     critical = 0.0 if w.resume else w.critical_path_s()
     row.ideal_s = max(cpu / cores, critical)
     assert row.wall_median_s is not None
-    if w.unit_ms or w.sleep_s:  # for trivial steps the ideal is ~0 and the ratio noise
+    # For trivial steps or a resume the ideal is ~0 and the ratio would be noise.
+    if row.ideal_s > 0 and (w.unit_ms or w.sleep_s) and not w.resume:
         row.wall_over_ideal = row.wall_median_s / row.ideal_s
     floor = max(cpu / s.usable_cores(cores), critical)
     row.overhead_ms = (row.wall_median_s - floor) / w.per_count * 1000
@@ -109,6 +111,8 @@ def _f(x: float | None, fmt: str) -> str:
 
 
 def _headline(row: Row, w: Workload) -> str:
+    if row.unavailable:
+        return "unavailable"
     if row.errors and row.wall_median_s is None:
         return "error"
     if row.skipped:
@@ -157,7 +161,7 @@ def markdown(
     for w in workloads:
         for n in names:
             r = cell[(w.key, n)]
-            if r.skipped:
+            if r.skipped or r.unavailable:
                 continue
             if r.wall_median_s is None:
                 wall = "error"
@@ -170,8 +174,6 @@ def markdown(
                 f"{_f(r.ideal_s, '.3f')} | {_f(r.wall_over_ideal, '.2f')} | "
                 f"{_f(r.overhead_ms, '.2f')} /{w.per} | {vs} |"
             )
-            if r.startup_s is not None:
-                notes.append(f"{w.key} {n}: cluster startup {r.startup_s:.2f} s (not in wall)")
             notes += [f"{w.key} {n}: {e}" for e in r.errors]
     by_reason: dict[str, set[str]] = {}
     for r in rows:
@@ -179,14 +181,33 @@ def markdown(
             by_reason.setdefault(r.skipped, set()).add(r.system)
     skips = [f"{why} ({', '.join(sorted(who))})" for why, who in sorted(by_reason.items())]
     out += ["", "Workloads: " + "; ".join(f"{w.key} = {w.title}" for w in workloads) + "."]
+    out += ["", "Per process, outside the timed run (median over all its measurements): "
+            + "; ".join(_side_costs(rows, names)) + "."]
     frameworks = sorted({f"{r.system}: {r.framework}" for r in rows if r.framework})
     if frameworks:
         out += ["", "Imported: " + "; ".join(frameworks) + "."]
     if skips:
         out += ["", "Not run (—): " + "; ".join(skips) + "."]
+    gone = sorted({f"{r.system}: {r.unavailable}" for r in rows if r.unavailable})
+    if gone:
+        out += ["", "Unavailable (import failed): " + "; ".join(gone) + "."]
     if notes:
         out += ["", "Notes:", *(f"- {x}" for x in notes)]
     return "\n".join(out) + "\n"
+
+
+def _side_costs(rows: list[Row], names: list[str]) -> list[str]:
+    out = []
+    for n in names:
+        imports = [r.import_s for r in rows if r.system == n and r.import_s is not None]
+        startups = [r.startup_s for r in rows if r.system == n and r.startup_s is not None]
+        if not imports:
+            continue
+        text = f"{n} import {statistics.median(imports):.2f} s"
+        if startups:
+            text += f", cluster startup {statistics.median(startups):.2f} s"
+        out.append(text)
+    return out
 
 
 def write_json(

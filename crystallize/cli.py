@@ -75,7 +75,6 @@ class RunProgress:
     """One progress bar per experiment, driven by the run's events (``on_event``)."""
 
     def __init__(self, console: Console, names: Sequence[str]) -> None:
-        self.console = console
         # Refreshed on each event rather than by rich's background thread: the process pool
         # forks workers during the run, and forking while another thread runs is unsafe.
         self.progress = Progress(
@@ -83,6 +82,7 @@ class RunProgress:
             MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[note]}"),
             console=console, auto_refresh=False,
         )
+        self.totals: dict[str, int] = {}
         self.tasks: dict[str, TaskID] = {
             name: self.progress.add_task(name, total=None, note="[dim]waiting", start=False)
             for name in names
@@ -108,6 +108,7 @@ class RunProgress:
             self.note(f"{event.experiment}: {event.reason}", "dim")
         elif event.kind == "started":
             self.progress.start_task(task)
+            self.totals[event.experiment] = event.units or 0
             update(task, total=event.units or 0, completed=0,
                    note=f"running -> v{event.version}")
         elif event.kind == "unit_finished":
@@ -118,8 +119,7 @@ class RunProgress:
             self.progress.start_task(task)
             update(task, total=1, completed=1, note=f"[green]cached, resumed v{event.version}")
         elif event.kind == "finished":
-            total = self.progress.tasks[task].total or 0
-            update(task, completed=total,
+            update(task, completed=self.totals.get(event.experiment, 0),
                    note=f"[green]done -> v{event.version} ({event.duration or 0:.1f}s)")
         elif event.kind == "failed":
             update(task, note="[red]failed")
@@ -265,7 +265,7 @@ def cmd_graph(args: argparse.Namespace, out: Console) -> int:
     except ValueError as exc:
         raise UsageError(f"-o {args.output}: {exc}") from None
     out.print(f"wrote {written}")
-    if not rendered and written.suffix.lstrip(".") != Path(args.output).suffix.lstrip("."):
+    if not rendered:
         out.print(Text(INSTALL_HINT, style="yellow"))
     return EXIT_OK
 

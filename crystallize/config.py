@@ -592,14 +592,18 @@ class _Builder:
                 "initial_ctx", f"initial_ctx must map context keys to values, got {value!r}",
                 "Fix: initial_ctx: {n: 100}",
             )
-        reserved = [k for k in value if k in RESERVED_CONTEXT]
+        self.check_reserved(value, "initial_ctx")
+        return dict(value)
+
+    def check_reserved(self, values: Mapping[str, Any], key: str) -> None:
+        """Refuse context keys every unit sets itself (a value for them would be ignored)."""
+        reserved = [k for k in values if k in RESERVED_CONTEXT]
         if reserved:
             raise self.config.error(
-                f"initial_ctx.{reserved[0]}", f"context key {reserved[0]!r} is reserved: every "
+                f"{key}.{reserved[0]}", f"context key {reserved[0]!r} is reserved: every "
                 "unit sets condition, replicate and seed itself",
                 "Rename the key; to fix the master seed use plugins: [{SeedPlugin: {seed: 7}}]",
             )
-        return dict(value)
 
     # -- entries of the form name or {name: {param: value}} ---------------------------------
     def named_entry(self, entry: Any, key: str, what: str) -> tuple[str, dict[str, Any]]:
@@ -833,6 +837,7 @@ class _Builder:
                     key, f"treatment {name!r} must map context keys to values, got {values!r}",
                     f"Fix: {name}: {{factor: 2}}",
                 )
+            self.check_reserved(values, key)
             try:
                 treatments.append(Treatment(str(name), dict(values)))
             except (TypeError, ValueError) as exc:

@@ -359,7 +359,7 @@ class ExperimentRun:
         ]
         outcomes: dict[str, dict[int, UnitOutcome]] = {}
         send, receive = anyio.create_memory_object_stream[UnitOutcome](len(jobs) or 1)
-        async with anyio.create_task_group() as tg:
+        async with send, receive, anyio.create_task_group() as tg:
             if exp.pipeline.is_async:
                 async def run_async(job: UnitJob) -> None:
                     send.send_nowait(await arun_unit(job.experiment, job.task))

@@ -34,8 +34,9 @@ def _annotated_artifact(annotation: Any) -> bool:
 def analyse_signature(fn: Callable[..., Any], leading: int) -> tuple[int, list[_Param]]:
     """Split ``fn``'s parameters into up to ``leading`` positional ones (data, ctx) and the rest.
 
-    Leading parameters are those without a default, so ``def step(data, factor=2)`` takes data
-    alone and gets ``factor`` by keyword.
+    Leading parameters are those without a default and not annotated ``Artifact``, so
+    ``def step(data, factor=2)`` takes data alone and gets ``factor`` by keyword, and
+    ``def step(data, out: Artifact)`` gets its artifact by keyword.
     """
     params = list(inspect.signature(fn).parameters.values())
     n = 0
@@ -43,6 +44,7 @@ def analyse_signature(fn: Callable[..., Any], leading: int) -> tuple[int, list[_
         n < min(leading, len(params))
         and params[n].default is params[n].empty
         and params[n].kind in (params[n].POSITIONAL_ONLY, params[n].POSITIONAL_OR_KEYWORD)
+        and not _annotated_artifact(params[n].annotation)
     ):
         n += 1
     result = []

@@ -78,7 +78,8 @@ def build_digraph(
 
 
 def write_diagram(digraph: graphviz.Digraph, path: Path, format: str = "svg") -> tuple[Path, bool]:
-    """Render ``digraph`` to ``path``; returns the path written and whether it was rendered.
+    """Render ``digraph`` to ``path``; returns the path written and whether it has the format
+    asked for.
 
     The format is ``path``'s suffix when it is a Graphviz format, else ``format`` (which is then
     appended to a suffix-less path). ``.dot``/``.gv`` paths get the DOT source. Without the
@@ -124,7 +125,7 @@ def visualize_graph(
     digraph = build_digraph(graph, **options)
     if path is not None:
         _, rendered = write_diagram(digraph, Path(path), format)
-        if not rendered and Path(path).suffix.lstrip(".").lower() not in SOURCE_FORMATS:
+        if not rendered:
             _log.warning(INSTALL_HINT)
     elif shutil.which("dot") is None:
         _log.warning(INSTALL_HINT)

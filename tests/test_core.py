@@ -400,3 +400,15 @@ def test_pipeline_object_and_plugin_hooks_order():
                plugins=[Recorder()]).run(executor="inline")
     assert calls == ["before_run", "before:ScaleStep", "after:ScaleStep", "before:TotalStep",
                      "after:TotalStep", "after_run"]
+
+
+def test_artifact_parameter_is_never_taken_for_the_context():
+    out = Artifact("o.txt")
+
+    @pipeline_step()
+    def no_ctx(data, o: Artifact):
+        o.write("written")
+        return data
+
+    res = Experiment(numbers(), [no_ctx()], name="noctx", outputs=[out]).run(executor="inline")
+    assert res.artifact_path("o.txt").read_text() == "written"

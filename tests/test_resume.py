@@ -128,7 +128,7 @@ def test_comment_edit_is_reused_code_edit_reruns_downstream(tmp_path):
            'def produce(data, ctx, summary: Artifact, factor=1):\n    """Docstring."""')
     res = run(p)
     assert p.calls() == [] and res["producer"].resumed
-    p.edit("sum(data) * factor}})", "sum(data) * factor + 1}})")
+    p.edit("sum(data) * factor})", "sum(data) * factor + 1})")
     res = run(p)
     assert "code of step ProduceStep changed" in res["producer"].reason
     assert "upstream producer produced new artifacts" in res["consumer"].reason

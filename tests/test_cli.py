@@ -1,0 +1,189 @@
+"""The ``crystallize`` command line, run as a real subprocess on a copy of ``examples/dag``."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+import crystallize
+
+REPO = Path(crystallize.__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "crystallize.cli", *args], cwd=cwd, env=_env(),
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def _env(**extra: str) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "COLUMNS": "200", **extra}
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def user_mistake(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return " ".join(result.stderr.split())  # rich wraps long lines
+
+
+@pytest.fixture
+def dag(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "examples" / "dag", tmp_path / "dag")
+    return tmp_path / "dag"
+
+
+def test_no_arguments_prints_help(tmp_path: Path) -> None:
+    out = ok(cli(cwd=tmp_path))
+    assert "usage: crystallize" in out
+    for command in ("run", "status", "graph", "list", "new", "clean"):
+        assert command in out
+
+
+def test_run_status_and_clean(dag: Path, tmp_path: Path) -> None:
+    config = dag / "consumer" / "config.yaml"
+    config.write_text(config.read_text() + "plugins:\n  - ArtifactPlugin: {versioned: true}\n")
+
+    out = ok(cli("run", "dag", cwd=tmp_path))
+    for text in ("producer", "consumer", "score", "double", "±",
+                 "hypothesis doubling_changes_score"):
+        assert text in out
+    assert (tmp_path / "data" / "consumer" / "v0" / "metadata.json").exists()
+
+    out = ok(cli("status", "dag", cwd=tmp_path))
+    assert out.count("complete") == 2 and "v0" in out
+
+    steps = dag / "consumer" / "steps.py"
+    steps.write_text(steps.read_text().replace("rng.gauss(0.0, 0.1)", "rng.gauss(0.0, 0.2)"))
+    out = ok(cli("status", "dag", cwd=tmp_path))
+    consumer_line = next(line for line in out.splitlines() if "consumer" in line)
+    assert "stale" in consumer_line and "code of step" in consumer_line
+    assert "complete" in next(line for line in out.splitlines() if "producer" in line)
+
+    out = ok(cli("run", "dag/consumer", cwd=tmp_path))  # strategy: resume in the configs
+    assert "producer: reusing v0" in out
+    assert (tmp_path / "data" / "consumer" / "v1").exists()
+    assert (tmp_path / "data" / "consumer" / "v0").exists()  # versioned: kept
+
+    out = ok(cli("clean", "dag", "--keep", "1", cwd=tmp_path))
+    assert "v0" in out
+    assert not (tmp_path / "data" / "consumer" / "v0").exists()
+    assert (tmp_path / "data" / "consumer" / "v1").exists()
+
+
+def test_run_options(dag: Path, tmp_path: Path) -> None:
+    out = ok(cli(
+        "run", "dag/consumer/config.yaml", "--treatment", "double", "--replicates", "2",
+        "--workers", "1", "--executor", "thread", "--strategy", "rerun", cwd=tmp_path,
+    ))
+    assert "consumer (executed -> v0, 2 replicate(s))" in out
+    assert "double" in out
+
+
+def test_list_and_graph(dag: Path, tmp_path: Path) -> None:
+    out = ok(cli("list", "dag", cwd=tmp_path))
+    assert "producer" in out and "consumer" in out and "producer#summary.json" in out
+
+    out = ok(cli("graph", "dag", "-o", "graph.svg", cwd=tmp_path))
+    assert "graph.svg" in out
+    svg = (tmp_path / "graph.svg").read_text()
+    assert "<svg" in svg and "producer" in svg and "consumer" in svg
+
+
+def test_new_scaffolds_a_consumer_that_runs(dag: Path, tmp_path: Path) -> None:
+    out = ok(cli("new", "analysis", "--root", "dag", "--use", "producer#summary",
+                 "--output", "report", cwd=tmp_path))
+    folder = dag / "analysis"
+    assert "dag/analysis/config.yaml" in out
+    config = (folder / "config.yaml").read_text()
+    assert "datasource:" in config and "producer_summary: producer#summary" in config
+    assert (folder / "outputs.py").exists() and (folder / "steps.py").exists()
+
+    out = ok(cli("run", "dag/analysis", cwd=tmp_path))
+    assert "analysis (executed -> v0, 3 replicate(s))" in out
+    assert (tmp_path / "data" / "analysis" / "v0" / "replicate_0" / "baseline"
+            / "Example_StepStep" / "report.json").exists()
+
+    err = user_mistake(cli("new", "other", "--root", "dag", "--use", "producr#summary",
+                           cwd=tmp_path))
+    assert "producr" in err and "did you mean 'producer'" in err
+    assert not (dag / "other").exists()
+
+
+def test_user_mistakes_exit_2_without_traceback(dag: Path, tmp_path: Path) -> None:
+    config = dag / "consumer" / "config.yaml"
+    config.write_text(config.read_text().replace("replicates: 3", "replicates: three"))
+    err = user_mistake(cli("run", "dag", cwd=tmp_path))
+    assert "dag/consumer/config.yaml" in err and "replicates" in err and "replicates: 3" in err
+    assert not (tmp_path / "data").exists()
+
+    err = user_mistake(cli("status", "nowhere", cwd=tmp_path))
+    assert "nowhere" in err and "does not exist" in err
+
+    err = user_mistake(cli("run", "dag/producer", "--treatment", "duble", cwd=tmp_path))
+    assert "--treatment duble" in err
+
+
+def test_failed_experiment_exits_1_and_says_why(dag: Path, tmp_path: Path) -> None:
+    steps = dag / "consumer" / "steps.py"
+    steps.write_text(steps.read_text().replace(
+        '    summary = data["producer_summary"]\n',
+        '    summary = data["producer_summary"]\n    raise ValueError("boom")\n',
+    ))
+    result = cli("run", "dag", "--executor", "inline", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    out = " ".join(result.stdout.split())
+    assert "1 experiment(s) failed" in out and "consumer" in out and "boom" in out
+
+
+def test_run_in_a_terminal_draws_progress_bars(dag: Path, tmp_path: Path) -> None:
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crystallize.cli", "run", "dag"], cwd=tmp_path,
+        env=_env(TERM="xterm-256color"), stdin=slave, stdout=slave, stderr=slave,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        proc.wait(timeout=30)
+    out = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, out
+    assert "\x1b[" in out  # a live, styled display
+    assert "━" in out  # the bars
+    assert "6/6" in out and "done -> v0" in out  # consumer: 2 conditions x 3 replicates
