@@ -93,7 +93,7 @@ def assert_store_consistent(root: Path) -> None:
 
 def _kill_group(proc):
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
 
 
 def test_sigkill_at_any_instant_never_leaves_a_false_complete_version(workload, tmp_path):
@@ -159,7 +159,7 @@ def test_killed_lock_holder_never_blocks_a_later_run(workload, tmp_path):
     )
     assert holder.stdout.readline().strip() == "held"
     holder.kill()
-    holder.wait()
+    holder.communicate()
     assert finish(start("resume"))["executed"] is True
 
 
@@ -180,7 +180,7 @@ def test_pruning_spares_a_version_another_process_reads(workload, tmp_path):
     finish(start())  # versioned=False: would prune v0, but v0 is being read
     assert (tmp_path / "data/producer/v0/metadata.json").exists()
     reader.kill()
-    reader.wait()
+    reader.communicate()
     finish(start())  # the reader died: its lease is stale and v0, v1 go
     assert sorted(p.name for p in (tmp_path / "data/producer").glob("v*")) == ["v2"]
 
