@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import contextvars
 import dataclasses
 import dis
 import enum
@@ -32,6 +33,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import linecache
 import os
 import re
 import site
@@ -778,9 +780,19 @@ def _walk_code(code: types.CodeType) -> Iterator[types.CodeType]:
             yield from _walk_code(const)
 
 
+def _source_of(code: types.CodeType) -> str:
+    # inspect.getsource first maps the code to its module by scanning sys.modules, which costs
+    # ~10 ms per call in a big program; the file's lines and the first line number suffice.
+    linecache.checkcache(code.co_filename)  # the file may have been edited since it was read
+    lines = linecache.getlines(code.co_filename)
+    if lines and 0 < code.co_firstlineno <= len(lines):
+        return "".join(inspect.getblock(lines[code.co_firstlineno - 1:]))
+    return inspect.getsource(code)  # slower, but also finds sources registered by loaders
+
+
 def _own_code_fingerprint(code: types.CodeType) -> str:
     try:
-        source = inspect.getsource(code)
+        source = _source_of(code)
     except Exception:  # OSError, TypeError, or tokenizer errors on a file edited since import
         return _bytecode_fingerprint(code)
     dumped = _source_dump(source, code)
@@ -1382,18 +1394,49 @@ def _follow(
         yield module, name, obj
 
 
+#: While a :func:`snapshot` is active: code parts already computed, by ``(id, strict)`` of the
+#: callable (kept alive next to its parts, so that the id cannot be reused meanwhile).
+_SNAPSHOT: contextvars.ContextVar[dict[tuple[int, bool], tuple[Any, dict[str, str]]] | None] = (
+    contextvars.ContextVar("crystallize_fingerprint_snapshot", default=None)
+)
+
+
+@contextlib.contextmanager
+def snapshot() -> Iterator[None]:
+    """
+    Treat the program as unchanging for the duration of the block.
+
+    Inside it, the code parts of each callable are computed once and then reused, instead of
+    re-reading closures, defaults and module-level constants on every call. A graph run uses
+    this: its 200 experiments may share one step function, and nothing is edited mid-run.
+    Tasks and threads started inside the block (which copy the context) share the snapshot.
+    """
+    token = _SNAPSHOT.set({})
+    try:
+        yield
+    finally:
+        _SNAPSHOT.reset(token)
+
+
 def _code_parts(fn: Any, *, strict: bool) -> dict[str, str]:
     if not callable(fn) and not isinstance(fn, (staticmethod, classmethod)):
         raise TypeError(f"expected a callable, got {type(fn).__qualname__}")
+    memo = _SNAPSHOT.get()
+    if memo is not None and (hit := memo.get((id(fn), strict))) is not None:
+        return dict(hit[1])
     token = ("parts", id(fn))
     active = _active()
     if token in active:
         return {_stable_name(fn): _recursive_marker(fn)}
     active.add(token)
     try:
-        return _Walker(strict=strict).run(fn)
+        parts = _Walker(strict=strict).run(fn)
     finally:
         active.discard(token)
+    if memo is not None and not active:
+        # Only top-level results: a nested one may hold a recursion marker for its caller.
+        memo[(id(fn), strict)] = (fn, dict(parts))
+    return parts
 
 
 def _summarise(parts: dict[str, str]) -> str:

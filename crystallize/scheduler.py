@@ -27,6 +27,7 @@ from .errors import ExperimentFailedError
 from .events import Event
 from .executors import Executor, UnitJob, resolve_executor
 from .experiment import check_replicates, check_strategy
+from .fingerprint import snapshot
 from .store import LeaseBook
 from .treatments import Treatment
 from .unit import UnitOutcome
@@ -197,15 +198,17 @@ class Scheduler:
         self._rank_nodes()
         order = self.graph.topological_order()
         try:
-            async with self.executor, anyio.create_task_group() as background:
-                self._background = background
-                async with anyio.create_task_group() as dispatchers:
-                    for _ in range(max(1, self.executor.capacity)):
-                        dispatchers.start_soon(self._dispatcher)
-                    async with anyio.create_task_group() as nodes:
-                        for name in order:
-                            nodes.start_soon(self._node, name)
-                    dispatchers.cancel_scope.cancel()
+            # Nothing is edited mid-run, so each step function is fingerprinted once per run.
+            with snapshot():
+                async with self.executor, anyio.create_task_group() as background:
+                    self._background = background
+                    async with anyio.create_task_group() as dispatchers:
+                        for _ in range(max(1, self.executor.capacity)):
+                            dispatchers.start_soon(self._dispatcher)
+                        async with anyio.create_task_group() as nodes:
+                            for name in order:
+                                nodes.start_soon(self._node, name)
+                        dispatchers.cancel_scope.cancel()
         finally:
             for book in self._books.values():
                 book.close()

@@ -88,7 +88,8 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_json(path: Path, obj: Any, *, fsync: bool = False) -> None:
-    atomic_write(path, json.dumps(obj, indent=1, default=str).encode(), fsync=fsync)
+    # No indent: only then does json use its C encoder, several times faster on metadata.
+    atomic_write(path, json.dumps(obj, default=str).encode(), fsync=fsync)
 
 
 def _held_by_someone(path: Path) -> bool:

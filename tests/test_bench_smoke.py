@@ -1,0 +1,35 @@
+"""The bench's quick mode, run as CI does: every workload on the core systems, no timings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SYSTEMS = ["loop", "pool", "crystallize-process", "crystallize-thread", "crystallize-inline"]
+
+
+def test_quick_bench_runs_every_workload_on_every_system(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--rounds", "1", "--systems", ",".join(SYSTEMS),
+         "--data-dir", str(tmp_path / "scratch"), "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    groups = {key.split("-")[0] for key in report["workloads"]}
+    assert groups == {"W1", "W2", "W3", "W4", "W5", "W6"}
+    measured = {(r["workload"], r["system"]) for r in report["rows"]
+                if r["wall_median_s"] is not None and not r["errors"]}
+    for workload in report["workloads"]:
+        for system in SYSTEMS:
+            row = next(r for r in report["rows"]
+                       if r["workload"] == workload and r["system"] == system)
+            if row["skipped"] is None:
+                assert (workload, system) in measured, row
+    # the Markdown table names every system that ran
+    for system in SYSTEMS:
+        assert system in proc.stdout
