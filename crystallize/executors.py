@@ -87,6 +87,16 @@ class Executor(ABC):
         """How many units this executor can usefully run at once."""
         return self.max_workers
 
+    @property
+    def lookahead(self) -> int:
+        """How many units to hand over beyond :attr:`capacity`.
+
+        Executors whose units travel to other processes queue one unit ahead per worker, so
+        a worker that finishes starts its next unit at once instead of idling for a round trip
+        through the scheduler (about 2 ms per unit with a process pool).
+        """
+        return self.max_workers if self.out_of_process else 0
+
     async def __aenter__(self) -> Executor:
         return self
 

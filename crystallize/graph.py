@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .experiment import Experiment
+from .scheduler import RunOptions, Scheduler
 
 if TYPE_CHECKING:
     import graphviz
@@ -210,8 +211,6 @@ class ExperimentGraph:
         max_workers: int | None = None, on_event: Callable[[Event], Any] | None = None,
     ) -> dict[str, Result]:
         """:meth:`run` for async code: works in any running asyncio or trio event loop."""
-        from .scheduler import RunOptions, Scheduler
-
         options = RunOptions.build(
             treatments=treatments, replicates=replicates, strategy=strategy,
             executor=executor, max_workers=max_workers, on_event=on_event,

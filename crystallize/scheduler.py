@@ -27,6 +27,7 @@ from .errors import ExperimentFailedError
 from .events import Event
 from .executors import Executor, UnitJob, resolve_executor
 from .experiment import check_replicates, check_strategy
+from .experiment_run import ExperimentRun, ExperimentRunFailed
 from .fingerprint import snapshot
 from .store import LeaseBook
 from .treatments import Treatment
@@ -164,8 +165,6 @@ class Scheduler:
 
     # -- running ----------------------------------------------------------------------------
     async def _node(self, name: str) -> None:
-        from .experiment_run import ExperimentRun, ExperimentRunFailed
-
         try:
             for parent in self.graph.upstream(name):
                 await self._done[parent].wait()
@@ -203,7 +202,7 @@ class Scheduler:
                 async with self.executor, anyio.create_task_group() as background:
                     self._background = background
                     async with anyio.create_task_group() as dispatchers:
-                        for _ in range(max(1, self.executor.capacity)):
+                        for _ in range(max(1, self.executor.capacity + self.executor.lookahead)):
                             dispatchers.start_soon(self._dispatcher)
                         async with anyio.create_task_group() as nodes:
                             for name in order:
