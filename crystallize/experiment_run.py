@@ -266,11 +266,16 @@ class ExperimentRun:
             plugin.before_run(exp)
         started = time.time()
         seeds = [exp.seed_plugin.replicate_seed(name, r) for r in range(exp.replicates)]
-        writer = self.store.allocate(sched.book(self.store.root))
+        book = sched.book(self.store.root)
+        # File-system work runs in threads: on slow disks it is most of a tiny node's cost, and
+        # other experiments' units and writes can proceed meanwhile.
+        writer = await anyio.to_thread.run_sync(self.store.allocate, book)
         try:
-            for cond, record in plan.reuse.items():
+            if plan.reuse:
                 assert plan.source is not None
-                writer.reuse(plan.source, cond, record)
+                source = plan.source
+                await anyio.to_thread.run_sync(
+                    lambda: [writer.reuse(source, c, r) for c, r in plan.reuse.items()])
             sched.emit(exp, Event("started", name, units=plan.units, version=writer.number,
                                   reason=plan.reason))
             cache_dir = str(self.store.root / ".crystallize_cache") if any(
@@ -279,6 +284,7 @@ class ExperimentRun:
             outcomes = await self._dispatch(plan, seeds, views, writer.path, cache_dir, key, blob)
 
             records: dict[str, dict[str, Any]] = {}
+            complete: dict[str, bool] = {}
             errors: dict[str, BaseException] = {}
             conditions_meta: dict[str, Any] = {}
             stored_conditions = plan.source.metadata.get("conditions", {}) if plan.source else {}
@@ -289,16 +295,15 @@ class ExperimentRun:
                 for o in mine.values():
                     if o.error is not None:
                         errors[o.key] = o.error
-                complete = not record["errors"] and all(
+                complete[cond] = not record["errors"] and all(
                     r in mine or cond in plan.reuse for r in range(exp.replicates))
-                writer.finish_condition(cond, record, complete=complete)
                 origin = (stored_conditions.get(cond, {}).get("origin") if not mine
                           else uuid.uuid4().hex)
                 conditions_meta[cond] = {
                     "treatment": treatment_fingerprint(exp, cond),
                     "origin": origin or uuid.uuid4().hex,
                     "upstreams": origins.get(cond, {}),
-                    "complete": complete,
+                    "complete": complete[cond],
                     "executed_replicates": sorted(mine),
                 }
             executed_units = [o for per in outcomes.values() for o in per.values()]
@@ -325,7 +330,13 @@ class ExperimentRun:
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
             }
-            stored = writer.publish(metadata)
+
+            def write() -> StoredVersion:
+                for cond, record in records.items():
+                    writer.finish_condition(cond, record, complete=complete[cond])
+                return writer.publish(metadata)  # last: only now is the version visible
+
+            stored = await anyio.to_thread.run_sync(write)
         except BaseException:
             # Cancelled or broken mid-run: the version has no metadata.json, so nothing treats
             # it as complete; it is retired by a later prune.
@@ -340,7 +351,7 @@ class ExperimentRun:
             raise ExperimentRunFailed(
                 f"all {len(executed_units)} unit(s) failed; first error: "
                 f"{type(first).__name__}: {first}", result)
-        sched.discard(self.store.prune())
+        sched.discard(await anyio.to_thread.run_sync(self.store.prune))
         sched.emit(exp, Event("finished", name, version=writer.number, duration=finished - started))
         for plugin in exp.plugins:
             plugin.after_run(exp, result)
