@@ -21,7 +21,6 @@ import contextlib
 import multiprocessing
 import os
 import sys
-import threading
 import uuid
 from abc import ABC, abstractmethod
 from concurrent.futures.process import BrokenProcessPool
@@ -49,18 +48,20 @@ class UnitJob:
 
 
 async def wait_future(fut: Any) -> Any:
-    """Await a ``concurrent.futures``-style future without tying up a thread while it runs."""
+    """Await a ``concurrent.futures``-style future without tying up a thread while it runs.
+
+    The done-callback runs in whichever thread completes the future (a pool's manager thread, a
+    Dask client thread) and only *schedules* the wake-up on the event loop. It must never wait
+    for the loop: after a cancelled run the loop is gone, and a callback blocked on it would
+    hang that thread, and with it the interpreter's exit, forever.
+    """
     event = anyio.Event()
     token = anyio.lowlevel.current_token()
-    loop_thread = threading.get_ident()
 
     def done(_: Any) -> None:
-        if threading.get_ident() == loop_thread:
-            event.set()
-            return
-        # RuntimeError: the event loop is already gone (the run was cancelled).
+        # RunFinishedError (a RuntimeError): the loop has finished, nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
-            anyio.from_thread.run_sync(event.set, token=token)
+            token.backend_class.run_sync_soon(event.set, (), token.native_token)
 
     fut.add_done_callback(done)
     try:
@@ -188,18 +189,29 @@ class ProcessExecutor(Executor):
             proc.terminate()
 
     async def run(self, job: UnitJob) -> UnitOutcome:
-        assert self._pool is not None, "ProcessExecutor used outside 'async with'"
+        pool = self._pool
+        assert pool is not None, "ProcessExecutor used outside 'async with'"
         try:
-            fut = self._pool.submit(run_pickled_unit, job.key, job.blob, job.task)
-            return await wait_future(fut)
+            return await wait_future(pool.submit(run_pickled_unit, job.key, job.blob, job.task))
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory, a crash in C code) and the pool failed every
+            # unit it held. The first unit to notice gives the rest of the run a fresh pool.
+            if self._pool is pool:
+                self._pool = self._new_pool()
+                pool.shutdown(wait=False, cancel_futures=True)
+        # Retry alone in a new process, so that only a unit that kills its own worker is blamed
+        # and the units that merely shared the pool with it still finish.
+        alone = cf.ProcessPoolExecutor(1, mp_context=self.mp_context)
+        try:
+            return await wait_future(alone.submit(run_pickled_unit, job.key, job.blob, job.task))
         except BrokenProcessPool as exc:
-            # A worker died (killed, or out of memory). Record it on this unit, and give the
-            # units that follow a fresh pool.
-            broken, self._pool = self._pool, self._new_pool()
-            broken.shutdown(wait=False, cancel_futures=True)
-            outcome = UnitOutcome(job.task.condition, job.task.replicate)
-            outcome.error = RuntimeError(f"worker process died while running this unit: {exc}")
-            return outcome
+            error = RuntimeError(f"worker process died while running this unit, twice: {exc}")
+            return UnitOutcome(job.task.condition, job.task.replicate, error=error)
+        except BaseException:
+            self._terminate(alone)
+            raise
+        finally:
+            alone.shutdown(wait=False, cancel_futures=True)
 
 
 class DaskExecutor(Executor):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -211,6 +212,22 @@ def test_unit_errors_recorded_by_condition_and_replicate():
     assert isinstance(result.errors["baseline_rep_1"], ValueError)
     assert "boom on one" in str(result.errors["baseline_rep_1"])
     assert result.metrics.baseline.metrics["ok"] == [1, None, 1]
+
+
+def test_a_worker_process_that_dies_fails_only_its_unit():
+    @pipeline_step()
+    def fragile(data, ctx):
+        if ctx["replicate"] == 0:
+            os._exit(3)  # a segfault or the OOM killer, as the pool sees it
+        return data, {"ok": 1}
+
+    result = Experiment(numbers(), [fragile()], name="fragile", replicates=4).run(
+        executor="process", max_workers=2)
+    assert "baseline_rep_0" in result.errors
+    assert "worker process died" in str(result.errors["baseline_rep_0"])
+    # the units that shared the pool with it are retried and finish
+    assert set(result.errors) == {"baseline_rep_0"}
+    assert result.metrics.baseline.metrics["ok"] == [None, 1, 1, 1]
 
 
 def test_unpicklable_step_names_experiment_step_and_object():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -234,6 +236,52 @@ def test_cancellation_stops_workers_and_marks_nothing_complete(tmp_path):
     assert not list(Path("data/long").rglob("metadata.json"))
 
 
+CANCELLED_RUN = """
+import os, sys, time, anyio
+from pathlib import Path
+from crystallize import Experiment, data_source, pipeline_step
+
+started = Path(sys.argv[1])
+
+@data_source
+def src(ctx):
+    return 1
+
+@pipeline_step()
+def spin(data, ctx):
+    with open(started, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        pass
+    return data
+
+async def main():
+    exp = Experiment(src(), [spin()], name="spin", replicates=2)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: exp.arun(executor="process", max_workers=2))
+        while not started.exists() or len(started.read_text().split()) < 2:
+            await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+
+anyio.run(main)
+time.sleep(0.2)  # the pool's manager thread reports the terminated workers meanwhile
+print("returned", flush=True)
+"""
+
+
+def test_interpreter_exits_after_a_cancelled_process_run(tmp_path):
+    # Once, a pool thread's completion callback waited forever for the cancelled run's event
+    # loop, and the interpreter hung at exit in about a third of the runs: try several.
+    script = tmp_path / "cancelled.py"
+    script.write_text(CANCELLED_RUN)
+    for attempt in range(6):
+        started = tmp_path / f"started-{attempt}"
+        done = subprocess.run([sys.executable, str(script), str(started)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "returned" in done.stdout, done.stderr
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -243,5 +291,5 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split()[2] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped while we looked
         return False
