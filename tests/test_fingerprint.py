@@ -776,7 +776,7 @@ def test_unfingerprintable_closure_does_not_break_code_fingerprint() -> None:
 
 
 def test_value_fingerprint_of_numpy_arrays() -> None:
-    numpy = pytest.importorskip("numpy")
+    import numpy
     array = numpy.arange(6, dtype=numpy.int64).reshape(2, 3)
     assert value_fingerprint(array) == value_fingerprint(array.copy())
     assert value_fingerprint(array) != value_fingerprint(array.reshape(3, 2))

@@ -18,7 +18,14 @@ from crystallize.status import experiment_status
 from crystallize.visualize import build_digraph, write_diagram
 
 REPO = Path(crystallize.__file__).resolve().parents[1]
-needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz dot not installed")
+
+
+@pytest.fixture
+def dot() -> str:
+    """The real Graphviz ``dot``: the README's set-up and .ci/run install it."""
+    path = shutil.which("dot")
+    assert path, "Graphviz's dot is not on PATH: apt-get install graphviz (or brew install ...)"
+    return path
 
 
 @pytest.fixture
@@ -46,8 +53,7 @@ def test_status_follows_the_resume_decision(dag: Path) -> None:
     assert status["consumer"].reason == "upstream producer is stale"
 
 
-@needs_dot
-def test_dot_renders_an_svg_with_names_and_state(dag: Path, tmp_path: Path) -> None:
+def test_dot_renders_an_svg_with_names_and_state(dag: Path, tmp_path: Path, dot: str) -> None:
     ExperimentGraph.from_yaml(dag).run(executor="inline")
     digraph = ExperimentGraph.visualize_from_yaml(dag / "consumer", tmp_path / "out" / "graph.svg")
     assert isinstance(digraph, graphviz.Digraph)
