@@ -269,78 +269,77 @@ class ExperimentRun:
         book = sched.book(self.store.root)
         # File-system work runs in threads: on slow disks it is most of a tiny node's cost, and
         # other experiments' units and writes can proceed meanwhile.
+        # If the run is cancelled or breaks from here on, the version never gets its
+        # metadata.json, so nothing treats it as complete; a later prune retires it.
         writer = await anyio.to_thread.run_sync(self.store.allocate, book)
-        try:
-            if plan.reuse:
-                assert plan.source is not None
-                source = plan.source
-                await anyio.to_thread.run_sync(
-                    lambda: [writer.reuse(source, c, r) for c, r in plan.reuse.items()])
-            sched.emit(exp, Event("started", name, units=plan.units, version=writer.number,
-                                  reason=plan.reason))
-            cache_dir = str(self.store.root / ".crystallize_cache") if any(
-                s.cacheable for s in exp.pipeline.steps) else None
-            key = uuid.uuid4().hex
-            outcomes = await self._dispatch(plan, seeds, views, writer.path, cache_dir, key, blob)
+        if plan.reuse:
+            assert plan.source is not None
+            source = plan.source
+            await anyio.to_thread.run_sync(
+                lambda: [writer.reuse(source, c, r) for c, r in plan.reuse.items()])
+        sched.emit(exp, Event("started", name, units=plan.units, version=writer.number,
+                              reason=plan.reason))
+        cache_dir = str(self.store.root / ".crystallize_cache") if any(
+            s.cacheable for s in exp.pipeline.steps) else None
+        key = uuid.uuid4().hex
+        outcomes = await self._dispatch(plan, seeds, views, writer.path, cache_dir, key, blob)
 
-            records: dict[str, dict[str, Any]] = {}
-            complete: dict[str, bool] = {}
-            errors: dict[str, BaseException] = {}
-            conditions_meta: dict[str, Any] = {}
-            stored_conditions = plan.source.metadata.get("conditions", {}) if plan.source else {}
-            for cond in exp.conditions:
-                mine = outcomes.get(cond, {})
-                record = condition_record(cond, exp.replicates, seeds, mine, plan.reuse.get(cond))
-                records[cond] = record
-                for o in mine.values():
-                    if o.error is not None:
-                        errors[o.key] = o.error
-                complete[cond] = not record["errors"] and all(
-                    r in mine or cond in plan.reuse for r in range(exp.replicates))
-                origin = (stored_conditions.get(cond, {}).get("origin") if not mine
-                          else uuid.uuid4().hex)
-                conditions_meta[cond] = {
-                    "treatment": treatment_fingerprint(exp, cond),
-                    "origin": origin or uuid.uuid4().hex,
-                    "upstreams": origins.get(cond, {}),
-                    "complete": complete[cond],
-                    "executed_replicates": sorted(mine),
-                }
-            executed_units = [o for per in outcomes.values() for o in per.values()]
-            failed = bool(executed_units) and all(o.error is not None for o in executed_units) \
-                and not plan.reuse
-            finished = time.time()
-            metadata = {
-                "experiment": name,
-                "version": writer.number,
-                "status": "failed" if failed else "complete",
-                "replicates": exp.replicates,
-                "conditions": conditions_meta,
-                "fingerprint": fingerprint,
-                "upstreams": {p: {"version": v.version, "path": v.path} for p, v in views.items()},
-                "seeds": seeds,
-                "strategy": exp.strategy,
-                "reason": plan.reason,
-                "executor": sched.executor.name,
-                "timings": {
-                    "started": started, "finished": finished, "duration": finished - started,
-                    "unit_cpu": sum(o.cpu for o in executed_units),
-                    "unit_wall": sum(o.wall for o in executed_units),
-                },
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
+        records: dict[str, dict[str, Any]] = {}
+        complete: dict[str, bool] = {}
+        errors: dict[str, BaseException] = {}
+        conditions_meta: dict[str, Any] = {}
+        stored_conditions = plan.source.metadata.get("conditions", {}) if plan.source else {}
+        for cond in exp.conditions:
+            mine = outcomes.get(cond, {})
+            record = condition_record(cond, exp.replicates, seeds, mine, plan.reuse.get(cond))
+            records[cond] = record
+            for o in mine.values():
+                if o.error is not None:
+                    errors[o.key] = o.error
+            complete[cond] = not record["errors"] and all(
+                r in mine or cond in plan.reuse for r in range(exp.replicates))
+            origin = (stored_conditions.get(cond, {}).get("origin") if not mine
+                      else uuid.uuid4().hex)
+            conditions_meta[cond] = {
+                "treatment": treatment_fingerprint(exp, cond),
+                "origin": origin or uuid.uuid4().hex,
+                "upstreams": origins.get(cond, {}),
+                "complete": complete[cond],
+                "executed_replicates": sorted(mine),
             }
+        executed_units = [o for per in outcomes.values() for o in per.values()]
+        failed = bool(executed_units) and all(o.error is not None for o in executed_units) \
+            and not plan.reuse
+        finished = time.time()
+        metadata = {
+            "experiment": name,
+            "version": writer.number,
+            "status": "failed" if failed else "complete",
+            "replicates": exp.replicates,
+            "conditions": conditions_meta,
+            "fingerprint": fingerprint,
+            "upstreams": {p: {"version": v.version, "path": v.path} for p, v in views.items()},
+            "seeds": seeds,
+            "strategy": exp.strategy,
+            "reason": plan.reason,
+            "executor": sched.executor.name,
+            "timings": {
+                "started": started, "finished": finished, "duration": finished - started,
+                "unit_cpu": sum(o.cpu for o in executed_units),
+                "unit_wall": sum(o.wall for o in executed_units),
+            },
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
 
-            def write() -> StoredVersion:
-                for cond, record in records.items():
-                    writer.finish_condition(cond, record, complete=complete[cond])
-                return writer.publish(metadata)  # last: only now is the version visible
+        def write() -> tuple[StoredVersion, list[Path]]:
+            for cond, record in records.items():
+                writer.finish_condition(cond, record, complete=complete[cond])
+            stored = writer.publish(metadata)  # last: only now is the version visible
+            # Older versions may go only once a newer one is complete; same thread hop.
+            return stored, ([] if failed else self.store.prune())
 
-            stored = await anyio.to_thread.run_sync(write)
-        except BaseException:
-            # Cancelled or broken mid-run: the version has no metadata.json, so nothing treats
-            # it as complete; it is retired by a later prune.
-            raise
+        stored, retired = await anyio.to_thread.run_sync(write)
         result = build_result(
             exp, writer.number, writer.path, records, executed=True, errors=errors,
             provenance=_provenance(stored.metadata), reason=plan.reason,
@@ -351,7 +350,7 @@ class ExperimentRun:
             raise ExperimentRunFailed(
                 f"all {len(executed_units)} unit(s) failed; first error: "
                 f"{type(first).__name__}: {first}", result)
-        sched.discard(await anyio.to_thread.run_sync(self.store.prune))
+        sched.discard(retired)
         sched.emit(exp, Event("finished", name, version=writer.number, duration=finished - started))
         for plugin in exp.plugins:
             plugin.after_run(exp, result)
