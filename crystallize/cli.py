@@ -443,6 +443,16 @@ def cmd_new(args: argparse.Namespace, out: Console) -> int:
     return EXIT_OK
 
 
+# -- ui ---------------------------------------------------------------------------------------
+def cmd_ui(args: argparse.Namespace, out: Console) -> int:
+    root = Path(args.root)
+    if not root.is_dir():
+        raise UsageError(f"{args.root}: not a folder; pass the folder that holds your experiments")
+    from .ui import run_ui
+
+    return run_ui(root, args.executor)
+
+
 # -- clean ------------------------------------------------------------------------------------
 def cmd_clean(args: argparse.Namespace, out: Console) -> int:
     table = Table("experiment", "removed", "kept")
@@ -520,6 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--output", action="append", metavar="ALIAS",
                      help="declare a JSON output the example step writes (repeatable)")
 
+    ui = command("ui", cmd_ui, "open the interactive terminal UI (also: no COMMAND, in a terminal)")
+    ui.add_argument("root", metavar="ROOT", nargs="?", default=".")
+    ui.add_argument("--executor", choices=EXECUTORS, help="where units run (default: process)")
+
     clean = command("clean", cmd_clean, "delete old stored versions")
     clean.add_argument("path", metavar="PATH")
     clean.add_argument("--keep", type=_positive, default=1, metavar="N",
@@ -536,8 +550,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return EXIT_OK
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            parser.print_help()  # no terminal to draw the UI in
+            return EXIT_OK
+        args = parser.parse_args(["ui"])
     out, err = Console(), Console(stderr=True)
     try:
         return int(args.handler(args, out))

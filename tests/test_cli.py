@@ -54,7 +54,7 @@ def dag(tmp_path: Path) -> Path:
 def test_no_arguments_prints_help(tmp_path: Path) -> None:
     out = ok(cli(cwd=tmp_path))
     assert "usage: crystallize" in out
-    for command in ("run", "status", "graph", "list", "new", "clean"):
+    for command in ("run", "status", "graph", "list", "new", "clean", "ui"):
         assert command in out
 
 
@@ -140,6 +140,9 @@ def test_user_mistakes_exit_2_without_traceback(dag: Path, tmp_path: Path) -> No
 
     err = user_mistake(cli("run", "dag/producer", "--treatment", "duble", cwd=tmp_path))
     assert "--treatment duble" in err
+
+    err = user_mistake(cli("ui", "dag/producer/config.yaml", cwd=tmp_path))
+    assert "not a folder" in err and "dag/producer/config.yaml" in err
 
 
 def test_failed_experiment_exits_1_and_says_why(dag: Path, tmp_path: Path) -> None:
