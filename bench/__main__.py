@@ -112,9 +112,22 @@ class Harness:
                 if "error" in prep:
                     return {"system": system.name, "workload": workload.key,
                             "error": f"first (untimed) run: {prep['error']}"}
+                _settle()
             return self.spawn(system, workload, data_dir, forbid_units=workload.resume)
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)
+            _settle()
+
+
+def _settle() -> None:
+    """Flush the file system's pending writes before the next measurement starts.
+
+    Without it, the write-back of one measurement's files (and of their deletion) is paid by
+    whichever system is measured next: the systems that create many small files would slow
+    down the others, and themselves in the next round.
+    """
+    if hasattr(os, "sync"):
+        os.sync()
 
 
 def _systems(args: argparse.Namespace) -> list[System]:

@@ -307,6 +307,8 @@ class RunScreen(Screen[None]):
         if not self.running:
             self.running = True
             self.show_errors([])
+            for row in self.rows:
+                row.notes.clear()
             self.run_graph()
 
     def progress(self, event: Event) -> None:

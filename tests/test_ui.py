@@ -180,6 +180,10 @@ async def test_error_panels_list_broken_configs_and_missing_paths(root: Path) ->
         assert "consumer:" in text and "missing path:" in text and "summary.json" in text
         assert rows(screen)[2][3].startswith("failed")
 
+        await finish_run(pilot, screen)  # the panel shows this run's errors, not the last one's
+        again = " ".join(str(errors.render()).split())
+        assert again.count("[baseline rep 0]") == text.count("[baseline rep 0]") == 1
+
 
 def test_ui_opens_in_a_real_terminal(root: Path) -> None:
     master, slave = pty.openpty()
