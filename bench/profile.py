@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import shutil
 import tempfile
 import time
@@ -72,21 +73,52 @@ def timed_phases() -> Iterator[dict[str, float]]:
             setattr(owner, name, original)
 
 
-def profile(key: str, data_dir: Path) -> tuple[float, int, dict[str, float]]:
+@contextmanager
+def counted_creations() -> Iterator[dict[str, float]]:
+    """Count and time the directories and files created through ``os`` while the block runs.
+
+    On disks where creating an inode is slow, these dominate a tiny node's cost (reading,
+    renaming and failed lookups are cheap by comparison).
+    """
+    counts = {"dirs": 0.0, "files": 0.0, "seconds": 0.0}
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        started = time.perf_counter()
+        real_mkdir(path, *args, **kwargs)  # raises (uncounted) when it exists
+        counts["seconds"] += time.perf_counter() - started
+        counts["dirs"] += 1
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        started = time.perf_counter()
+        fd = real_open(path, flags, *args, **kwargs)
+        if flags & os.O_CREAT:
+            counts["seconds"] += time.perf_counter() - started
+            counts["files"] += 1
+        return fd
+
+    os.mkdir, os.open = mkdir, open_
+    try:
+        yield counts
+    finally:
+        os.mkdir, os.open = real_mkdir, real_open
+
+
+def profile(key: str, data_dir: Path) -> tuple[float, int, dict[str, float], dict[str, float]]:
     workload = build(False, calibrate())[key]
     if workload.resume:
         spec = RunSpec(workload, str(data_dir), 2, "inline", "prepare")
         cz.ExperimentGraph.from_experiments(crystallize_graph.build(spec)).run(executor="inline")
     spec = RunSpec(workload, str(data_dir), 2, "inline", "measure")
     graph = cz.ExperimentGraph.from_experiments(crystallize_graph.build(spec))
-    with timed_phases() as totals:
+    with timed_phases() as totals, counted_creations() as created:
         started = time.perf_counter()
         graph.run(executor="inline", strategy="resume" if workload.resume else "rerun")
         wall = time.perf_counter() - started
     phases = {phase: totals.get(phase, 0.0) for phase in PHASES}
     phases["everything else (scheduling, events, results, event loop)"] = max(
         0.0, wall - sum(phases.values()))
-    return wall, len(workload.nodes), phases
+    return wall, len(workload.nodes), phases, created
 
 
 def main() -> None:
@@ -99,13 +131,19 @@ def main() -> None:
     for key in args.workloads:
         data_dir = Path(tempfile.mkdtemp(prefix=f"profile-{key}-", dir=parent))
         try:
-            wall, nodes, phases = profile(key, data_dir)
+            wall, nodes, phases, created = profile(key, data_dir)
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)
         print(f"\n{key}: {wall / nodes * 1000:.2f} ms/node ({nodes} nodes, inline executor)\n")
         print("| phase | ms/node | share |\n|---|---|---|")
         for phase, seconds in phases.items():
             print(f"| {phase} | {seconds / nodes * 1000:.2f} | {seconds / wall:.0%} |")
+        made = created["dirs"] + created["files"]
+        if made:
+            print(f"\nCreated per node: {created['dirs'] / nodes:.1f} directories and "
+                  f"{created['files'] / nodes:.1f} files, {created['seconds'] / made * 1000:.3f} "
+                  f"ms each on average ({created['seconds'] / wall:.0%} of the wall time, "
+                  "counted within the phases above)")
 
 
 if __name__ == "__main__":

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
-import select
 import shutil
-import struct
 import subprocess
 import sys
-import termios
-import time
 from pathlib import Path
 
 import pytest
 
 import crystallize
+
+from terminal import run_in_terminal
 
 REPO = Path(crystallize.__file__).resolve().parents[1]
 
@@ -159,34 +155,9 @@ def test_failed_experiment_exits_1_and_says_why(dag: Path, tmp_path: Path) -> No
 
 
 def test_run_in_a_terminal_draws_progress_bars(dag: Path, tmp_path: Path) -> None:
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "crystallize.cli", "run", "dag"], cwd=tmp_path,
-        env=_env(TERM="xterm-256color"), stdin=slave, stdout=slave, stderr=slave,
-    )
-    os.close(slave)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1.0)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(master)
-        proc.wait(timeout=30)
-    out = b"".join(chunks).decode(errors="replace")
-    assert proc.returncode == 0, out
+    code, out = run_in_terminal([sys.executable, "-m", "crystallize.cli", "run", "dag"],
+                                cwd=tmp_path, env=_env(TERM="xterm-256color"))
+    assert code == 0, out
     assert "\x1b[" in out  # a live, styled display
     assert "━" in out  # the bars
     assert "6/6" in out and "done -> v0" in out  # consumer: 2 conditions x 3 replicates

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
-import select
 import shutil
-import struct
-import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
@@ -20,6 +14,8 @@ from textual.widgets import DataTable, Static, Tree
 import crystallize
 from crystallize.config import load_experiment
 from crystallize.ui import CrystallizeApp, RunScreen
+
+from terminal import run_in_terminal
 
 REPO = Path(crystallize.__file__).resolve().parents[1]
 SIZE = (160, 50)
@@ -186,40 +182,12 @@ async def test_error_panels_list_broken_configs_and_missing_paths(root: Path) ->
 
 
 def test_ui_opens_in_a_real_terminal(root: Path) -> None:
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 140, 0, 0))
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen(
+    code, text = run_in_terminal(
         [sys.executable, "-m", "crystallize.cli"], cwd=root,
-        env={**os.environ, "PYTHONPATH": path, "TERM": "xterm-256color"},
-        stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": path, "TERM": "xterm-256color"}, size=(40, 140),
+        answer=lambda seen: b"q" if b"consumer" in seen and b"producer" in seen else None,
+        timeout=60,
     )
-    os.close(slave)
-    seen = b""
-    deadline = time.monotonic() + 60
-    sent_quit = False
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: the program closed the terminal
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-            if not sent_quit and b"consumer" in seen and b"producer" in seen:
-                os.write(master, b"q")
-                sent_quit = True
-            if proc.poll() is not None:
-                break
-        proc.wait(timeout=30)
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-    text = seen.decode(errors="replace")
-    assert sent_quit, text[-2000:]
-    assert proc.returncode == 0, text[-2000:]
+    assert code == 0, text[-2000:]
     assert "📈" in text and "crystallize" in text
