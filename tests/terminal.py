@@ -10,18 +10,18 @@ import struct
 import subprocess
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 
 def run_in_terminal(
     argv: list[str], *, cwd: Path, env: dict[str, str], size: tuple[int, int] = (40, 120),
-    answer: Callable[[bytes], bytes | None] | None = None, timeout: float = 120,
+    script: Sequence[tuple[bytes, bytes]] = (), timeout: float = 120,
 ) -> tuple[int, str]:
     """Run ``argv`` on a pty of ``size`` (rows, columns) until it exits; (exit code, output).
 
-    ``answer`` sees everything printed so far after each read and may return keys to type,
-    once: the first non-empty answer is the only one sent.
+    ``script`` is what a user would do: for each ``(expected, keys)`` in turn, wait until
+    ``expected`` has been printed (since the previous keys were typed), then type ``keys``.
     """
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
@@ -29,7 +29,7 @@ def run_in_terminal(
                             start_new_session=True)
     os.close(slave)
     seen = b""
-    answered = answer is None
+    steps, since = list(script), 0
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -42,13 +42,12 @@ def run_in_terminal(
                 if not chunk:
                     break
                 seen += chunk
-            if not answered and (keys := answer(seen)):
-                os.write(master, keys)
-                answered = True
-        proc.wait(timeout=30)
+            if steps and steps[0][0] in seen[since:]:
+                since = len(seen)
+                os.write(master, steps.pop(0)[1])
     finally:
         os.close(master)
-        if proc.poll() is None:
+        if proc.poll() is None:  # still running at the deadline, or the script stalled
             proc.kill()
-            proc.wait()
+        proc.wait()
     return proc.returncode, seen.decode(errors="replace")

@@ -181,13 +181,17 @@ async def test_error_panels_list_broken_configs_and_missing_paths(root: Path) ->
         assert again.count("[baseline rep 0]") == text.count("[baseline rep 0]") == 1
 
 
-def test_ui_opens_in_a_real_terminal(root: Path) -> None:
+def test_ui_runs_a_graph_in_a_real_terminal(root: Path) -> None:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    down, enter, escape = b"\x1b[B", b"\r", b"\x1b"
     code, text = run_in_terminal(
         [sys.executable, "-m", "crystallize.cli"], cwd=root,
         env={**os.environ, "PYTHONPATH": path, "TERM": "xterm-256color"}, size=(40, 140),
-        answer=lambda seen: b"q" if b"consumer" in seen and b"producer" in seen else None,
-        timeout=60,
+        script=[(b"producer", down + down), (b"never run", enter),  # open the consumer's run
+                (b"Toggle caching", b"r"), (b"6/6", escape), (b"complete (v0)", b"q")],
+        timeout=90,
     )
-    assert code == 0, text[-2000:]
-    assert "📈" in text and "crystallize" in text
+    assert code == 0, text[-3000:]
+    assert "📈" in text and "3/3" in text
+    # the run happened in worker processes forked under the UI, and was stored
+    assert (root / "data" / "consumer" / "v0" / "metadata.json").exists()
