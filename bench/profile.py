@@ -1,10 +1,10 @@
 """Where a tiny node's time goes: `python -m bench.profile [W2-chain W4-chain ...]`.
 
-Runs one workload once in this process with the inline executor (so unit code and the engine
-share one process) and times the engine's phases by wrapping the functions that make them up
-with a wall clock: no profiler, so system calls and Python code are not distorted relative to
-each other. Store writes run in worker threads; their time is counted all the same. For a W4
-workload the graph is first run untimed, then resumed.
+Runs one workload once in this process, with the inline executor unless told otherwise (so
+unit code and the engine share one process), and times the engine's phases by wrapping the
+functions that make them up with a wall clock: no profiler, so system calls and Python code
+are not distorted relative to each other. Store writes run in worker threads; their time is
+counted all the same. For a W4 workload the graph is first run untimed, then resumed.
 """
 
 from __future__ import annotations
@@ -104,16 +104,18 @@ def counted_creations() -> Iterator[dict[str, float]]:
         os.mkdir, os.open = real_mkdir, real_open
 
 
-def profile(key: str, data_dir: Path) -> tuple[float, int, dict[str, float], dict[str, float]]:
+def profile(
+    key: str, data_dir: Path, executor: str
+) -> tuple[float, int, dict[str, float], dict[str, float]]:
     workload = build(False, calibrate())[key]
     if workload.resume:
-        spec = RunSpec(workload, str(data_dir), 2, "inline", "prepare")
-        cz.ExperimentGraph.from_experiments(crystallize_graph.build(spec)).run(executor="inline")
-    spec = RunSpec(workload, str(data_dir), 2, "inline", "measure")
+        spec = RunSpec(workload, str(data_dir), 2, executor, "prepare")
+        cz.ExperimentGraph.from_experiments(crystallize_graph.build(spec)).run(executor=executor)
+    spec = RunSpec(workload, str(data_dir), 2, executor, "measure")
     graph = cz.ExperimentGraph.from_experiments(crystallize_graph.build(spec))
     with timed_phases() as totals, counted_creations() as created:
         started = time.perf_counter()
-        graph.run(executor="inline", strategy="resume" if workload.resume else "rerun")
+        graph.run(executor=executor, strategy="resume" if workload.resume else "rerun")
         wall = time.perf_counter() - started
     phases = {phase: totals.get(phase, 0.0) for phase in PHASES}
     phases["everything else (scheduling, events, results, event loop)"] = max(
@@ -125,16 +127,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     ap.add_argument("workloads", nargs="*", default=["W2-chain", "W4-chain"])
     ap.add_argument("--data-dir", help="parent of the scratch data dir (default: bench/.scratch)")
+    ap.add_argument("--executor", default="inline", choices=("inline", "thread", "process"),
+                    help="inline (default) keeps the units' work in this process, where the "
+                    "phases can see it; process adds the round trip to a worker")
     args = ap.parse_args()
     parent = Path(args.data_dir) if args.data_dir else Path(__file__).parent / ".scratch"
     parent.mkdir(parents=True, exist_ok=True)
     for key in args.workloads:
         data_dir = Path(tempfile.mkdtemp(prefix=f"profile-{key}-", dir=parent))
         try:
-            wall, nodes, phases, created = profile(key, data_dir)
+            wall, nodes, phases, created = profile(key, data_dir, args.executor)
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)
-        print(f"\n{key}: {wall / nodes * 1000:.2f} ms/node ({nodes} nodes, inline executor)\n")
+        print(f"\n{key}: {wall / nodes * 1000:.2f} ms/node ({nodes} nodes, "
+              f"{args.executor} executor)\n")
         print("| phase | ms/node | share |\n|---|---|---|")
         for phase, seconds in phases.items():
             print(f"| {phase} | {seconds / nodes * 1000:.2f} | {seconds / wall:.0%} |")
