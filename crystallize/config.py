@@ -80,7 +80,7 @@ import cloudpickle
 import yaml
 
 from .artifacts import Artifact
-from .context import FrozenContext
+from .context import RESERVED_KEYS, FrozenContext
 from .datasources import DataSource, ExperimentInput, data_source
 from .errors import ConfigError
 from .experiment import STRATEGIES, Experiment
@@ -113,7 +113,6 @@ TOP_LEVEL_KEYS = (
 )
 OUTPUT_KEYS = ("file_name", "writer", "loader")
 HYPOTHESIS_KEYS = ("name", "verifier", "metrics", "ranker")
-RESERVED_CONTEXT = ("condition", "replicate", "seed")
 PLUGINS: dict[str, type[BasePlugin]] = {
     "ArtifactPlugin": ArtifactPlugin,
     "LoggingPlugin": LoggingPlugin,
@@ -597,7 +596,7 @@ class _Builder:
 
     def check_reserved(self, values: Mapping[str, Any], key: str) -> None:
         """Refuse context keys every unit sets itself (a value for them would be ignored)."""
-        reserved = [k for k in values if k in RESERVED_CONTEXT]
+        reserved = [k for k in values if k in RESERVED_KEYS]
         if reserved:
             raise self.config.error(
                 f"{key}.{reserved[0]}", f"context key {reserved[0]!r} is reserved: every "

@@ -8,6 +8,16 @@ from typing import Any
 from .errors import ContextMutationError
 
 _MISSING = object()
+#: Keys every unit sets itself; nothing else may set or replace them.
+RESERVED_KEYS = ("condition", "replicate", "seed")
+
+
+def reserved_key_message(key: str, where: str) -> str:
+    return (
+        f"{where}: context key {key!r} is reserved: every unit sets condition, replicate and "
+        "seed itself. Store the value under another key (to choose the seeds, use "
+        "SeedPlugin(seed=...))"
+    )
 
 
 class FrozenContext(Mapping[str, Any]):
@@ -56,6 +66,8 @@ class FrozenContext(Mapping[str, Any]):
         return len(self._data)
 
     def __setitem__(self, key: str, value: Any) -> None:
+        if key in RESERVED_KEYS and key in self._data:
+            raise ContextMutationError(reserved_key_message(key, "context"))
         if key in self._data and not self._overwrite_ok:
             raise ContextMutationError(
                 f"context key {key!r} is already set to {self._data[key]!r}; keys can be added "

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .artifacts import Artifact
+from .context import RESERVED_KEYS, reserved_key_message
 from .datasources import DataSource, as_datasource
 from .hypotheses import Hypothesis
 from .plugins import ArtifactPlugin, BasePlugin, SeedPlugin
@@ -86,6 +87,9 @@ class Experiment:
         self.plugins = list(plugins or [])
         self.strategy = check_strategy(strategy, where)
         self.initial_ctx = dict(initial_ctx or {})
+        for key in self.initial_ctx:
+            if key in RESERVED_KEYS:
+                raise ValueError(reserved_key_message(key, f"{where}: initial_ctx"))
         self.description = description
         self._name: str | None = None
         self.name = name  # type: ignore[assignment]

@@ -123,10 +123,11 @@ class ExperimentGraph:
                 if producer is None:
                     if self._standalone:
                         continue
+                    fix = (f"add experiment {art.producer!r} to the graph" if art.producer else
+                           "list it in the outputs=[...] of the experiment that writes it")
                     raise ValueError(
                         f"experiment {name!r} consumes artifact {art!r} but no experiment in "
-                        f"the graph produces it; add experiment {art.producer or '?'!r} to the "
-                        "graph (or list the artifact in its producer's outputs)"
+                        f"the graph produces it; {fix}"
                     )
                 edges.append((producer, name))
         parents: dict[str, list[str]] = {n: [] for n in self._experiments}

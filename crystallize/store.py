@@ -33,9 +33,11 @@ reader sees the mark (and looks for a newer version instead).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import pickle
 import re
 import shutil
 import uuid
@@ -87,9 +89,36 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: Tags a value JSON cannot hold (a numpy scalar or array, a set, any object): its pickle.
+_PICKLED = "__crystallize_pickle__"
+
+
+def _encode(obj: Any) -> Any:
+    # Pickled rather than turned into text, so that a resumed run returns the very same
+    # metric values as the run that stored them, not their str().
+    try:
+        return {_PICKLED: base64.b64encode(pickle.dumps(obj)).decode("ascii")}
+    except Exception:
+        return str(obj)  # not picklable either: the best JSON can keep is its text
+
+
+def _decode(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and _PICKLED in obj:
+        try:
+            return pickle.loads(base64.b64decode(obj[_PICKLED]))
+        except Exception:  # its class is gone (renamed, uninstalled): keep the tagged form
+            return obj
+    return obj
+
+
 def write_json(path: Path, obj: Any, *, fsync: bool = False) -> None:
     # No indent: only then does json use its C encoder, several times faster on metadata.
-    atomic_write(path, json.dumps(obj, default=str).encode(), fsync=fsync)
+    atomic_write(path, json.dumps(obj, default=_encode).encode(), fsync=fsync)
+
+
+def read_json(path: Path) -> Any:
+    """What :func:`write_json` wrote, with the values JSON cannot hold restored."""
+    return json.loads(path.read_bytes(), object_hook=_decode)
 
 
 def _held_by_someone(path: Path) -> bool:
@@ -177,7 +206,7 @@ class StoredVersion:
         if not (cdir / MARKER).exists():
             return None
         try:
-            return json.loads((cdir / RESULTS).read_bytes())
+            return read_json(cdir / RESULTS)
         except (OSError, ValueError):
             return None
 
@@ -268,7 +297,7 @@ class ExperimentStore:
     def read(self, number: int) -> StoredVersion | None:
         path = self.dir / f"v{number}"
         try:
-            meta = json.loads((path / METADATA).read_bytes())
+            meta = read_json(path / METADATA)
         except (OSError, ValueError):
             return None
         return StoredVersion(number, path, meta)

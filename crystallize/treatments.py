@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, overload
 
-from .context import FrozenContext
+from .context import RESERVED_KEYS, FrozenContext, reserved_key_message
 from .fingerprint import code_fingerprint, value_fingerprint
 
 BASELINE = "baseline"
@@ -33,6 +33,10 @@ class Treatment:
                 f"treatment {name!r}: apply must be a mapping of context values or a callable "
                 f"fn(ctx), got {type(apply).__name__}"
             )
+        if isinstance(apply, Mapping):
+            for key in apply:
+                if key in RESERVED_KEYS:
+                    raise ValueError(reserved_key_message(key, f"treatment {name!r}"))
         self.name = name
         self.apply_payload = dict(apply) if isinstance(apply, Mapping) else apply
 

@@ -152,15 +152,12 @@ class UnitRun:
     def begin(self) -> tuple[FrozenContext, Any]:
         exp = self.experiment
         ctx = FrozenContext(exp.initial_ctx)
+        # Reserved keys first, so that a treatment trying to replace one fails loudly.
+        ctx._data.update(condition=self.task.condition, replicate=self.task.replicate,
+                         seed=self.task.seed)
         treatment = exp.treatment_map.get(self.task.condition)
         if treatment is not None:
             treatment.apply(ctx)
-        for key, value in (
-            ("condition", self.task.condition),
-            ("replicate", self.task.replicate),
-            ("seed", self.task.seed),
-        ):
-            ctx._data[key] = value  # reserved keys: always the unit's own
         ctx._runtime = self
         exp.seed_plugin.apply(self.task.seed)
         for plugin in exp.plugins:

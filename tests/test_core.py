@@ -76,6 +76,24 @@ def test_frozen_context_adds_but_never_overwrites():
         ctx["zzz"]
 
 
+def test_reserved_context_keys_are_the_units_own():
+    for bad in ({"seed": 1}, {"replicate": 0}, {"condition": "x"}):
+        key = next(iter(bad))
+        with pytest.raises(ValueError, match=f"treatment 't'.*{key!r} is reserved.*SeedPlugin"):
+            Treatment("t", bad)
+        with pytest.raises(ValueError, match=f"initial_ctx.*{key!r} is reserved"):
+            Experiment(numbers(), [total()], name="r", initial_ctx=bad)
+
+    def sneaky(ctx):
+        ctx["seed"] = 7  # a callable treatment cannot replace it either
+
+    result = Experiment(numbers(), [total()], name="r", treatments=[Treatment("s", sneaky)]).run(
+        executor="inline")
+    assert set(result.errors) == {"s_rep_0"}
+    assert "'seed' is reserved" in str(result.errors["s_rep_0"])
+    assert result.metrics.baseline.metrics["total"] == [10]
+
+
 # -- steps ----------------------------------------------------------------------------------
 def test_step_factory_params_and_context_injection():
     step = scale(factor=3)

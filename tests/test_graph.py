@@ -72,8 +72,12 @@ def test_edges_are_inferred_from_consumed_artifacts():
 def test_construction_errors_name_the_parts():
     a, a_out = node("a")
     b, _ = node("b", source=a_out)
-    with pytest.raises(ValueError, match="consumes artifact.*a.txt.*no experiment in the graph"):
+    with pytest.raises(ValueError, match="consumes artifact.*a.txt.*no experiment in the graph"
+                       ".*add experiment 'a' to the graph"):
         ExperimentGraph(b)
+    orphan = Artifact("orphan.txt")  # never listed in any experiment's outputs
+    with pytest.raises(ValueError, match="orphan.txt.*list it in the outputs=.*that writes it"):
+        ExperimentGraph(Experiment(orphan, [cpu()], name="reader"))
     with pytest.raises(ValueError, match="two experiments are named 'a'"):
         ExperimentGraph(a, node("a")[0])
     unnamed = Experiment(seed_data(), [cpu()])

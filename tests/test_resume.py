@@ -250,3 +250,35 @@ def test_comment_edit_in_module_text_only(tmp_path):
     p.path.write_text(textwrap.dedent(p.path.read_text()).replace("\n\n", "\n\n\n"))
     res = run(p)
     assert res["producer"].resumed and res["consumer"].resumed
+
+
+def test_resumed_metrics_keep_values_json_cannot_hold(tmp_path):
+    import fractions
+
+    import numpy
+
+    from crystallize import data_source, pipeline_step
+
+    @data_source
+    def one(ctx):
+        return 1
+
+    @pipeline_step()
+    def exotic(data, ctx):
+        return data, {"count": numpy.int64(3), "curve": numpy.arange(3.0),
+                      "ratio": fractions.Fraction(1, 3), "tags": {"a"}, "plain": 2.5}
+
+    def build():
+        return Experiment(one(), [exotic()], name="exotic", replicates=2)
+
+    first = build().run(executor="inline")
+    again = build().run(executor="inline", strategy="resume")
+    assert again.resumed
+    a, b = first.metrics.baseline.metrics, again.metrics.baseline.metrics
+    assert b["count"] == a["count"] == [3, 3] and type(b["count"][0]) is numpy.int64
+    assert all((x == y).all() for x, y in zip(a["curve"], b["curve"], strict=True))
+    assert b["ratio"] == [fractions.Fraction(1, 3)] * 2 and b["tags"] == [{"a"}] * 2
+    assert b["plain"] == [2.5, 2.5]
+    # JSON-native values stay readable in results.json
+    stored = json.loads(Path("data/exotic/v0/baseline/results.json").read_text())
+    assert stored["metrics"]["plain"] == [2.5, 2.5]
