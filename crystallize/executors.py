@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from .unit import UnitOutcome, UnitTask, run_pickled_unit, run_unit
+from .unit import UnitOutcome, UnitTask, run_pickled_unit, run_unit, unpack_outcome
 
 if TYPE_CHECKING:
     from .experiment import Experiment
@@ -192,7 +192,8 @@ class ProcessExecutor(Executor):
         pool = self._pool
         assert pool is not None, "ProcessExecutor used outside 'async with'"
         try:
-            return await wait_future(pool.submit(run_pickled_unit, job.key, job.blob, job.task))
+            return unpack_outcome(
+                await wait_future(pool.submit(run_pickled_unit, job.key, job.blob, job.task)))
         except BrokenProcessPool:
             # A worker died (killed, out of memory, a crash in C code) and the pool failed every
             # unit it held. The first unit to notice gives the rest of the run a fresh pool.
@@ -203,7 +204,8 @@ class ProcessExecutor(Executor):
         # and the units that merely shared the pool with it still finish.
         alone = cf.ProcessPoolExecutor(1, mp_context=self.mp_context)
         try:
-            return await wait_future(alone.submit(run_pickled_unit, job.key, job.blob, job.task))
+            return unpack_outcome(
+                await wait_future(alone.submit(run_pickled_unit, job.key, job.blob, job.task)))
         except BrokenProcessPool as exc:
             error = RuntimeError(f"worker process died while running this unit, twice: {exc}")
             return UnitOutcome(job.task.condition, job.task.replicate, error=error)
@@ -268,7 +270,7 @@ class DaskExecutor(Executor):
 
     async def run(self, job: UnitJob) -> UnitOutcome:
         fut = self.client.submit(run_pickled_unit, job.key, job.blob, job.task, pure=False)
-        return await wait_future(fut)
+        return unpack_outcome(await wait_future(fut))
 
 
 _BY_NAME: dict[str, type[Executor]] = {

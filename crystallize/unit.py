@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .context import FrozenContext
-from .errors import UnitError
+from .errors import PicklingError, UnitError
 from .treatments import BASELINE
 
 if TYPE_CHECKING:
@@ -249,13 +249,42 @@ async def arun_unit(experiment: Experiment, task: UnitTask) -> UnitOutcome:
 _SPECS: dict[str, Experiment] = {}
 
 
-def run_pickled_unit(key: str, blob: bytes, task: UnitTask) -> UnitOutcome:
-    """Worker-process entry point: unpickle the experiment once per worker, then run the unit."""
+def run_pickled_unit(key: str, blob: bytes, task: UnitTask) -> bytes:
+    """Worker-process entry point: unpickle the experiment once per worker, run the unit.
+
+    Returns the outcome pickled here rather than by the pool, so that a metric value that
+    cannot travel back is reported by name, as the unit's error, instead of as a bare pickling
+    error for the whole unit. :func:`unpack_outcome` reads it.
+    """
+    import cloudpickle
+
     experiment = _SPECS.get(key)
     if experiment is None:
-        import cloudpickle
-
         if len(_SPECS) > 256:
             _SPECS.clear()
         experiment = _SPECS[key] = cloudpickle.loads(blob)
-    return run_unit(experiment, task)
+    outcome = run_unit(experiment, task)
+    try:
+        return cloudpickle.dumps(outcome)
+    except Exception as exc:
+        bad = []
+        for name, value in outcome.metrics.items():
+            try:
+                cloudpickle.dumps(value)
+            except Exception:
+                bad.append(name)
+        outcome.metrics = {k: v for k, v in outcome.metrics.items() if k not in bad}
+        outcome.error = PicklingError(
+            f"experiment {experiment.name!r}: metric(s) {bad} hold values that cannot be sent "
+            f"back from the worker process ({exc}); record picklable values (numbers, strings, "
+            "lists, arrays), or run with executor='thread' or 'inline'"
+            if bad else f"experiment {experiment.name!r}: the unit's outcome cannot be sent "
+            f"back from the worker process: {exc}"
+        )
+        return cloudpickle.dumps(outcome)
+
+
+def unpack_outcome(data: bytes) -> UnitOutcome:
+    """The :class:`UnitOutcome` a worker returned from :func:`run_pickled_unit`."""
+    outcome: UnitOutcome = pickle.loads(data)
+    return outcome

@@ -232,6 +232,20 @@ def test_unit_errors_recorded_by_condition_and_replicate():
     assert result.metrics.baseline.metrics["ok"] == [1, None, 1]
 
 
+def test_a_metric_that_cannot_leave_the_worker_is_named():
+    @pipeline_step()
+    def locked(data, ctx):
+        return data, {"fine": 1, "guard": threading.Lock()}
+
+    exp = Experiment(numbers(), [locked()], name="locked", replicates=2)
+    with pytest.raises(ExperimentFailedError) as failed:  # every unit failed
+        exp.run(executor="process", max_workers=2)
+    result = failed.value.results["locked"]
+    assert set(result.errors) == {"baseline_rep_0", "baseline_rep_1"}
+    message = str(result.errors["baseline_rep_0"])
+    assert "'locked'" in message and "['guard']" in message and "executor='thread'" in message
+
+
 def test_a_worker_process_that_dies_fails_only_its_unit():
     @pipeline_step()
     def fragile(data, ctx):
