@@ -29,7 +29,7 @@ class ExperimentMetrics:
         return self.baseline if name == BASELINE else self.treatments[name]
 
 
-@dataclass
+@dataclass(repr=False)
 class Result:
     """What one experiment produced.
 
@@ -62,6 +62,17 @@ class Result:
     @property
     def resumed(self) -> bool:
         return not self.executed
+
+    def __repr__(self) -> str:
+        # The full dataclass repr (fingerprints, timings, every value) buries what a user
+        # looks for at a prompt; the fields themselves hold all of it.
+        how = "failed" if self.failed else (
+            f"executed -> v{self.version}" if self.executed else f"resumed v{self.version}")
+        names = sorted({m for c in self.conditions for m in self.metrics.condition(c).metrics})
+        return (
+            f"<Result {self.experiment!r}: {how}, {self.replicates} replicate(s), "
+            f"conditions {self.conditions}, metrics {names}, {len(self.errors)} error(s)>"
+        )
 
     @property
     def conditions(self) -> list[str]:

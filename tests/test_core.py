@@ -121,6 +121,8 @@ def test_metrics_from_return_and_record_in_replicate_order():
     assert result.metrics.baseline.metrics["total"] == [10, 10, 10, 10]
     assert result.metrics.baseline.metrics["rep"] == [0, 1, 2, 3]
     assert result.executed and not result.resumed
+    assert repr(result) == ("<Result 'm': executed -> v0, 4 replicate(s), conditions "
+                            "['baseline'], metrics ['rep', 'total'], 0 error(s)>")
 
 
 # -- treatments -----------------------------------------------------------------------------
