@@ -9,14 +9,9 @@
 from __future__ import annotations
 
 import argparse
-import difflib
-import numbers
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from statistics import fmean, stdev
-from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -32,19 +27,13 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .config import (
-    CONFIG_FILE,
-    display_path,
-    experiment_configs,
-    load_experiment,
-    locate_experiment,
-    sibling_names,
-)
+from .config import did_you_mean, display_path, experiment_configs, load_experiment
 from .errors import ConfigError, ExperimentFailedError
 from .events import Event
 from .graph import ExperimentGraph
-from .result import Result
+from .scaffold import ScaffoldError, scaffold
 from .store import ExperimentStore
+from .summary import hypothesis_lines, summary_table, summary_title
 from .treatments import BASELINE
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -54,11 +43,6 @@ _STATE_STYLES = {"complete": "green", "stale": "yellow", "never run": "dim"}
 
 class UsageError(Exception):
     """A user mistake on the command line; printed without a traceback (exit code 2)."""
-
-
-def _did_you_mean(value: str, candidates: Sequence[str]) -> str:
-    close = difflib.get_close_matches(value, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _load(path: str) -> ExperimentGraph:
@@ -131,70 +115,6 @@ class RunProgress:
         self.progress.refresh()
 
 
-def _numeric(values: Sequence[Any]) -> list[float] | None:
-    found = [v for v in values if v is not None]
-    if found and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in found):
-        return [float(v) for v in found]
-    return None
-
-
-def format_values(values: Sequence[Any]) -> str:
-    """Replicate values as ``mean ± sd`` (numbers) or the distinct values (anything else)."""
-    numeric = _numeric(values)
-    if numeric is None:
-        shown = list(dict.fromkeys(repr(v) for v in values if v is not None))
-        text = ", ".join(shown) or "-"
-        return text if len(text) <= 30 else text[:29] + "…"
-    mean = fmean(numeric)
-    if len(numeric) < 2:
-        return f"{mean:.4g}"
-    return f"{mean:.4g} ± {stdev(numeric):.2g}"
-
-
-def summary_title(result: Result) -> Text:
-    """``name (executed -> vN, R replicate(s))``, or resumed, or failed."""
-    how = f"resumed v{result.version}" if result.resumed else f"executed -> v{result.version}"
-    if result.failed:
-        how = "failed"
-    return Text(f"{result.experiment} ({how}, {result.replicates} replicate(s))", style="bold")
-
-
-def summary_table(result: Result) -> Table:
-    """Metrics of one experiment: a row per condition, ``mean ± sd`` over replicates."""
-    table = Table()
-    table.add_column("condition")
-    per_condition = {c: result.metrics.condition(c).metrics for c in result.conditions}
-    metric_names = list(dict.fromkeys(m for ms in per_condition.values() for m in ms))
-    for metric in metric_names:
-        table.add_column(metric, justify="right")
-    if result.errors:
-        table.add_column("errors", style="red")
-    for condition, metrics in per_condition.items():
-        row = [condition] + [format_values(metrics.get(m, [])) for m in metric_names]
-        if result.errors:
-            failed = [k for k in result.errors if k.startswith(f"{condition}_rep_")]
-            row.append(f"{len(failed)} unit(s)" if failed else "")
-        table.add_row(*row)
-    return table
-
-
-def _hypothesis_lines(result: Result) -> list[str]:
-    lines = []
-    for hyp in result.metrics.hypotheses:
-        parts = []
-        for treatment, output in hyp.results.items():
-            shown = {k: v for k, v in output.items() if k in ("p_value", "significant", "error")}
-            text = ", ".join(
-                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                for k, v in (shown or output).items()
-            )
-            parts.append(f"{treatment}: {text}")
-        ranking = ", ".join(hyp.ranking) or "-"
-        lines.append(f"hypothesis {hyp.name}: {'; '.join(parts) or 'no treatments'} "
-                     f"(ranking: {ranking})")
-    return lines
-
-
 def _select_treatments(graph: ExperimentGraph, selected: Sequence[str]) -> None:
     """Keep only the ``selected`` treatments in every experiment (baseline always runs)."""
     available = sorted(
@@ -204,7 +124,7 @@ def _select_treatments(graph: ExperimentGraph, selected: Sequence[str]) -> None:
         if name not in available:
             raise UsageError(
                 f"--treatment {name}: no experiment of the graph has this treatment"
-                f"{_did_you_mean(name, available)}. Treatments: {', '.join(available)}"
+                f"{did_you_mean(name, available)}. Treatments: {', '.join(available)}"
             )
     for exp in graph.experiments.values():
         exp.treatments = [t for t in exp.treatments if t.name in selected or t.name == BASELINE]
@@ -228,7 +148,7 @@ def cmd_run(args: argparse.Namespace, out: Console) -> int:
     for result in results.values():
         out.print(summary_title(result))
         out.print(summary_table(result))
-        for line in _hypothesis_lines(result):
+        for line in hypothesis_lines(result):
             out.print(Text(line))
         for key, error in list(result.errors.items())[:3]:
             out.print(Text(f"  {key}: {type(error).__name__}: {error}", style="red"))
@@ -294,143 +214,6 @@ def cmd_list(args: argparse.Namespace, out: Console) -> int:
 
 
 # -- new --------------------------------------------------------------------------------------
-_CONFIG_TEMPLATE = """\
-# {name}: a crystallize folder experiment. Run it with: crystallize run {folder}
-name: {name}
-replicates: 3
-{datasource}steps:
-  - example_step            # a @pipeline_step factory in steps.py
-treatments:
-  shifted: {{offset: 1.0}}    # reaches example_step's `offset` parameter
-{outputs}"""
-
-_STEPS_TEMPLATE = '''\
-"""Steps of the {name} experiment."""
-
-from __future__ import annotations
-
-import random
-from typing import Any
-
-from crystallize import {imports}
-
-
-@pipeline_step()
-def example_step(
-    data: Any, ctx: FrozenContext, {artifact_params}offset: float = 0.0
-) -> tuple[Any, dict[str, float]]:
-    """Record a score per replicate; the `shifted` treatment sets ``offset``.
-
-    {data_doc}
-    """
-    rng = random.Random(ctx["seed"])  # the replicate's own seed: reproducible on every executor
-    score = rng.gauss(0.0, 1.0) + offset
-{writes}    return data, {{"score": score}}
-'''
-
-_OUTPUTS_TEMPLATE = '''\
-"""Writers and loaders of the {name} experiment's outputs."""
-
-from __future__ import annotations
-
-import json
-from pathlib import Path
-from typing import Any
-
-
-def dump_json(obj: Any) -> str:
-    """Encode ``obj`` as the text of a JSON file."""
-    return json.dumps(obj, indent=2, sort_keys=True)
-
-
-def load_json(path: Path) -> Any:
-    """Decode a JSON file written by :func:`dump_json`."""
-    return json.loads(path.read_text(encoding="utf-8"))
-'''
-
-
-def _resolve_use(root: Path, ref: str) -> tuple[str, str]:
-    """Check ``EXPERIMENT#OUTPUT`` against the experiments under ``root``; return the pair."""
-    experiment, _, output = ref.partition("#")
-    if not experiment or not output or "#" in output:
-        raise UsageError(f"--use {ref}: expected EXPERIMENT#OUTPUT, e.g. --use producer#summary")
-    config = locate_experiment(root, experiment)
-    if config is None:
-        names = sibling_names(root)
-        raise UsageError(
-            f"--use {ref}: no experiment {experiment!r} in {display_path(root)}"
-            f"{_did_you_mean(experiment, names)}. Experiments there: {', '.join(names) or 'none'}"
-            " (use --root to point at another folder)"
-        )
-    aliases = config.output_aliases
-    if output not in aliases:
-        raise UsageError(
-            f"--use {ref}: experiment {experiment!r} ({display_path(config.path)}) has no output "
-            f"{output!r}{_did_you_mean(output, aliases)}. Its outputs: "
-            f"{', '.join(aliases) or 'none'}"
-        )
-    return experiment, output
-
-
-def scaffold(name: str, root: Path, uses: Sequence[str], outputs: Sequence[str]) -> list[Path]:
-    """Create the folder experiment ``root/name``; returns the files written.
-
-    ``uses`` are ``EXPERIMENT#OUTPUT`` references wired into ``datasource:`` (each validated
-    against the experiments under ``root``); ``outputs`` are aliases of JSON outputs the
-    example step writes (``outputs.py`` is written only for them).
-
-    :raises UsageError: for an invalid name, an existing folder or a bad reference
-    """
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
-        raise UsageError(f"invalid experiment name {name!r}: use letters, digits, '_', '-', '.'")
-    folder = root / name
-    if folder.exists():
-        raise UsageError(f"{display_path(folder)} already exists; choose another NAME or --root")
-    bad = [o for o in outputs if not o.isidentifier()]
-    if bad or len(set(outputs)) != len(outputs):
-        raise UsageError(f"--output names must be distinct Python identifiers, got {list(outputs)}")
-    inputs: dict[str, str] = {}
-    for ref in uses:
-        experiment, output = _resolve_use(root, ref)
-        alias = re.sub(r"\W", "_", f"{experiment}_{output}")
-        inputs[alias if alias not in inputs else f"{alias}_{len(inputs)}"] = ref
-
-    folder_text = display_path(folder).as_posix()
-    datasource = "".join(
-        ["datasource:                 # <experiment>#<output alias>\n"]
-        + [f"  {alias}: {ref}\n" for alias, ref in inputs.items()]
-    ) if inputs else ""
-    outputs_text = "".join(
-        ["outputs:                    # writer/loader are functions in outputs.py\n"]
-        + [f"  {o}: {{file_name: {o}.json, writer: dump_json, loader: load_json}}\n"
-           for o in outputs]
-    ) if outputs else ""
-    data_doc = (
-        "``data`` is ``{" + ", ".join(f'"{a}": ...' for a in inputs) + "}``: each value is the "
-        "upstream loader's output."
-        if inputs else "``data`` is None: this experiment has no datasource yet."
-    )
-    files = {
-        folder / CONFIG_FILE: _CONFIG_TEMPLATE.format(
-            name=name, folder=folder_text, datasource=datasource, outputs=outputs_text
-        ),
-        folder / "steps.py": _STEPS_TEMPLATE.format(
-            name=name,
-            imports=", ".join((["Artifact"] if outputs else []) + ["FrozenContext",
-                                                                   "pipeline_step"]),
-            artifact_params="".join(f"{o}: Artifact, " for o in outputs),
-            data_doc=data_doc,
-            writes="".join(f'    {o}.write({{"score": score}})\n' for o in outputs),
-        ),
-    }
-    if outputs:
-        files[folder / "outputs.py"] = _OUTPUTS_TEMPLATE.format(name=name)
-    folder.mkdir(parents=True)
-    for path, text in files.items():
-        path.write_text(text, encoding="utf-8")
-    return list(files)
-
-
 def cmd_new(args: argparse.Namespace, out: Console) -> int:
     root = Path(args.root)
     written = scaffold(args.name, root, args.use or [], args.output or [])
@@ -557,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out, err = Console(), Console(stderr=True)
     try:
         return int(args.handler(args, out))
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, ScaffoldError) as exc:
         _report(err, str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -132,7 +132,7 @@ def display_path(path: Path) -> Path:
         return path
 
 
-def _did_you_mean(value: object, candidates: Iterable[str]) -> str:
+def did_you_mean(value: object, candidates: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(value), list(candidates), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -480,7 +480,7 @@ class _Modules:
             ]
             raise self.config.error(
                 key, f"unknown {what} {name!r}: {stem}.py defines no {name!r}"
-                f"{_did_you_mean(name, available)}",
+                f"{did_you_mean(name, available)}",
                 f"Available: {_listing(available)}. Fix the name, or define it in {stem}.py",
             )
         if not accept(found):
@@ -528,7 +528,7 @@ class _Builder:
         if unknown:
             key = str(unknown[0])
             raise config.error(
-                key, f"unknown key {key!r}{_did_you_mean(key, TOP_LEVEL_KEYS)}",
+                key, f"unknown key {key!r}{did_you_mean(key, TOP_LEVEL_KEYS)}",
                 f"Known keys: {', '.join(TOP_LEVEL_KEYS)}",
             )
         name = config.name
@@ -571,7 +571,7 @@ class _Builder:
         if value not in STRATEGIES:
             raise self.config.error(
                 "strategy", f"strategy must be one of {', '.join(STRATEGIES)}, got {value!r}"
-                f"{_did_you_mean(value, STRATEGIES)}", "Fix: strategy: resume",
+                f"{did_you_mean(value, STRATEGIES)}", "Fix: strategy: resume",
             )
         return str(value)
 
@@ -633,7 +633,7 @@ class _Builder:
             if param not in known and not accepts_any:
                 raise self.config.error(
                     f"{key}.{param}", f"{label} has no parameter {param!r}"
-                    f"{_did_you_mean(param, known)}", f"Its parameters: {_listing(known)}",
+                    f"{did_you_mean(param, known)}", f"Its parameters: {_listing(known)}",
                 )
 
     # -- outputs ----------------------------------------------------------------------------
@@ -668,7 +668,7 @@ class _Builder:
                 if field_name not in OUTPUT_KEYS:
                     raise self.config.error(
                         f"{key}.{field_name}", f"unknown key {field_name!r}"
-                        f"{_did_you_mean(field_name, OUTPUT_KEYS)}",
+                        f"{did_you_mean(field_name, OUTPUT_KEYS)}",
                         f"An output takes {', '.join(OUTPUT_KEYS)}",
                     )
             file_name = spec.get("file_name", alias)
@@ -749,7 +749,7 @@ class _Builder:
             raise self.config.error(
                 key, f"no experiment {experiment!r} next to this one (searched the folders of "
                 f"{display_path(root)} by folder name and declared name)"
-                f"{_did_you_mean(experiment, others)}",
+                f"{did_you_mean(experiment, others)}",
                 f"Experiments there: {_listing(others)}. Fix the name, or create "
                 f"{display_path(root / experiment / CONFIG_FILE)}",
             )
@@ -760,7 +760,7 @@ class _Builder:
         if art is None:
             raise self.config.error(
                 key, f"experiment {producer.name!r} has no output {output!r}"
-                f"{_did_you_mean(output, producer.outputs)}",
+                f"{did_you_mean(output, producer.outputs)}",
                 f"Its outputs: {_listing(producer.outputs)}. Fix the alias, or declare it under "
                 f"outputs: in {display_path(upstream.path)}",
             )
@@ -804,7 +804,7 @@ class _Builder:
                     raise self.config.error(
                         where if given else key,
                         f"parameter {param.name!r} of step {name!r} is annotated Artifact, but "
-                        f"{problem}{_did_you_mean(alias, outputs)}",
+                        f"{problem}{did_you_mean(alias, outputs)}",
                         f"Outputs: {_listing(outputs)}. Declare `outputs: {{{alias}: "
                         f"{{file_name: ...}}}}`, or pass an alias: `- {name}: "
                         f"{{{param.name}: <alias>}}`",
@@ -864,7 +864,7 @@ class _Builder:
                 if field_name not in HYPOTHESIS_KEYS:
                     raise self.config.error(
                         f"{key}.{field_name}", f"unknown key {field_name!r}"
-                        f"{_did_you_mean(field_name, HYPOTHESIS_KEYS)}",
+                        f"{did_you_mean(field_name, HYPOTHESIS_KEYS)}",
                         f"A hypothesis takes {', '.join(HYPOTHESIS_KEYS)}",
                     )
             vname, params = self.named_entry(entry["verifier"], f"{key}.verifier", "verifier")
@@ -919,7 +919,7 @@ class _Builder:
             cls = PLUGINS.get(name)
             if cls is None:
                 raise self.config.error(
-                    key, f"unknown plugin {name!r}{_did_you_mean(name, PLUGINS)}",
+                    key, f"unknown plugin {name!r}{did_you_mean(name, PLUGINS)}",
                     f"Built-in plugins: {_listing(PLUGINS)}",
                 )
             try:

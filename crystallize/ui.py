@@ -47,7 +47,9 @@ from .errors import ConfigError, ExperimentFailedError
 from .events import Event
 from .experiment import Experiment
 from .graph import ExperimentGraph
+from .scaffold import ScaffoldError, scaffold
 from .status import experiment_status
+from .summary import format_values
 
 GRAPH_ICON, LOCK_ICON = "📈", "🔒"
 #: Folders never searched for experiments: stores, environments, caches.
@@ -188,15 +190,13 @@ class NewExperimentScreen(ModalScreen[Path | None]):
         self.dismiss(None)
 
     def create(self) -> None:
-        from .cli import UsageError, scaffold
-
         name = self.query_one("#name", Input).value.strip()
         uses = (self.query_one("#outputs", SelectionList).selected
                 if self.query_one("#use", Checkbox).value else [])
         try:
             written = scaffold(name, self.folder, uses, [])
             load_experiment(written[0])
-        except (UsageError, ConfigError) as exc:
+        except (ScaffoldError, ConfigError) as exc:
             self.query_one("#problem", Static).update(Text(str(exc), style="red"))
             return
         self.dismiss(written[0])
@@ -336,8 +336,6 @@ class RunScreen(Screen[None]):
 
     @work(exclusive=True)
     async def run_graph(self) -> None:
-        from .cli import format_values
-
         log = self.query_one("#log", RichLog)
         failures: dict[str, str] = {}
         try:
