@@ -159,12 +159,15 @@ class Sizes:
     w2_nodes: int
     w3_replicates: int
     w3_ms: float
+    w3_tiny_replicates: int
     w5_nodes: tuple[int, int]
     w6_replicates: int
 
 
-FULL = Sizes(16, 4, 50.0, 200, 64, 20.0, (200, 2000), 200)
-QUICK = Sizes(4, 2, 5.0, 20, 8, 5.0, (20, 50), 10)
+FULL = Sizes(16, 4, 50.0, 200, 64, 20.0, 2000, (200, 2000), 200)
+QUICK = Sizes(4, 2, 5.0, 20, 8, 5.0, 20, (20, 50), 10)
+#: W3-tiny, beyond BENCH.md: replicates far shorter than a trip to a worker process.
+W3_TINY_MS = 1.0
 W6_SLEEP_S = 0.05
 W5_SEED = 20240517
 
@@ -221,6 +224,12 @@ def build(quick: bool, iters_per_ms: float) -> dict[str, Workload]:
         Workload(
             "W3", "W3", f"one experiment, {s.w3_replicates} rep × {s.w3_ms:g} ms, metrics only",
             (Node("replicated", (), s.w3_replicates),), s.w3_ms, iters(s.w3_ms), False,
+        ),
+        Workload(
+            "W3-tiny", "W3",
+            f"one experiment, {s.w3_tiny_replicates} rep × {W3_TINY_MS:g} ms, metrics only",
+            (Node("replicated", (), s.w3_tiny_replicates),), W3_TINY_MS, iters(W3_TINY_MS),
+            False,
         ),
         Workload(
             "W4-W1", "W4", f"resume of W1 ({n_exp} nodes)",

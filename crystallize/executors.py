@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from .unit import UnitOutcome, UnitTask, run_pickled_unit, run_unit, unpack_outcome
+from .unit import UnitOutcome, UnitTask, run_pickled_units, run_unit, unpack_outcome
 
 if TYPE_CHECKING:
     from .experiment import Experiment
@@ -80,8 +80,11 @@ class Executor(ABC):
     #: Whether units cross a process boundary (and must be pickled).
     out_of_process: bool = False
 
-    def __init__(self, max_workers: int | None = None) -> None:
+    def __init__(self, max_workers: int | None = None, *, batching: bool = False) -> None:
         self.max_workers = max_workers or os.cpu_count() or 1
+        #: Whether the scheduler may send several small units of one experiment per
+        #: :meth:`run_batch` call (worth it only where each call is a round trip).
+        self.batching = batching
 
     @property
     def capacity(self) -> int:
@@ -107,6 +110,16 @@ class Executor(ABC):
     @abstractmethod
     async def run(self, job: UnitJob) -> UnitOutcome:
         """Run one unit to completion and return its outcome."""
+
+    async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
+        """Run units of one experiment and return their outcomes, in order.
+
+        The scheduler batches units only where :attr:`batching` is on (the process and Dask
+        executors, unless created with ``batching=False``), and only units it has seen to be
+        much shorter than a batch, so that one trip to a worker serves them all. By default
+        they simply run one after another.
+        """
+        return [await self.run(job) for job in jobs]
 
 
 class InlineExecutor(Executor):
@@ -151,16 +164,18 @@ class ProcessExecutor(Executor):
     """Runs units in one process pool that lives for the whole graph run.
 
     On cancellation (Ctrl-C, an enclosing cancel scope) the worker processes are terminated, so
-    a long unit does not keep running after the caller has given up.
+    a long unit does not keep running after the caller has given up. ``batching=False`` sends
+    every unit on its own trip to a worker, however small (see :meth:`Executor.run_batch`).
     """
 
     name = "process"
     out_of_process = True
 
     def __init__(
-        self, max_workers: int | None = None, mp_context: Any | None = None
+        self, max_workers: int | None = None, mp_context: Any | None = None, *,
+        batching: bool = True,
     ) -> None:
-        super().__init__(max_workers)
+        super().__init__(max_workers, batching=batching)
         self.mp_context = mp_context or _default_context()
         self._pool: cf.ProcessPoolExecutor | None = None
 
@@ -189,23 +204,32 @@ class ProcessExecutor(Executor):
             proc.terminate()
 
     async def run(self, job: UnitJob) -> UnitOutcome:
+        return (await self.run_batch([job]))[0]
+
+    async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
         pool = self._pool
         assert pool is not None, "ProcessExecutor used outside 'async with'"
+        first = jobs[0]
         try:
-            return unpack_outcome(
-                await wait_future(pool.submit(run_pickled_unit, job.key, job.blob, job.task)))
+            packed = await wait_future(
+                pool.submit(run_pickled_units, first.key, first.blob, [j.task for j in jobs]))
+            return [unpack_outcome(p) for p in packed]
         except BrokenProcessPool:
             # A worker died (killed, out of memory, a crash in C code) and the pool failed every
             # unit it held. The first unit to notice gives the rest of the run a fresh pool.
             if self._pool is pool:
                 self._pool = self._new_pool()
                 pool.shutdown(wait=False, cancel_futures=True)
-        # Retry alone in a new process, so that only a unit that kills its own worker is blamed
-        # and the units that merely shared the pool with it still finish.
+        # Retry each alone in a new process, so that only a unit that kills its own worker is
+        # blamed and the units that merely shared the pool with it still finish.
+        return [await self._alone(job) for job in jobs]
+
+    async def _alone(self, job: UnitJob) -> UnitOutcome:
         alone = cf.ProcessPoolExecutor(1, mp_context=self.mp_context)
         try:
-            return unpack_outcome(
-                await wait_future(alone.submit(run_pickled_unit, job.key, job.blob, job.task)))
+            packed = await wait_future(
+                alone.submit(run_pickled_units, job.key, job.blob, [job.task]))
+            return unpack_outcome(packed[0])
         except BrokenProcessPool as exc:
             error = RuntimeError(f"worker process died while running this unit, twice: {exc}")
             return UnitOutcome(job.task.condition, job.task.replicate, error=error)
@@ -229,9 +253,9 @@ class DaskExecutor(Executor):
 
     def __init__(
         self, client: Any | None = None, *, address: str | None = None,
-        max_workers: int | None = None,
+        max_workers: int | None = None, batching: bool = True,
     ) -> None:
-        super().__init__(max_workers)
+        super().__init__(max_workers, batching=batching)
         self.client = client
         self.address = address
         self._owned: list[Any] = []
@@ -269,8 +293,13 @@ class DaskExecutor(Executor):
             self.client = None
 
     async def run(self, job: UnitJob) -> UnitOutcome:
-        fut = self.client.submit(run_pickled_unit, job.key, job.blob, job.task, pure=False)
-        return unpack_outcome(await wait_future(fut))
+        return (await self.run_batch([job]))[0]
+
+    async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
+        first = jobs[0]
+        fut = self.client.submit(run_pickled_units, first.key, first.blob,
+                                 [j.task for j in jobs], pure=False)
+        return [unpack_outcome(p) for p in await wait_future(fut)]
 
 
 _BY_NAME: dict[str, type[Executor]] = {

@@ -7,6 +7,10 @@ replicates overlap freely and no experiment waits for an unrelated one (there ar
 level-by-level barriers). Units on the longest remaining path (weighted by unit count) go first.
 Pipelines with ``async`` steps do not use the queue: their units run on the event loop
 concurrently.
+
+Units of one experiment that prove much shorter than a round trip is worth (measured on the
+first ones) travel to out-of-process executors in batches of about :data:`BATCH_SECONDS` of
+work, never so large that the workers would not all get a share of what is left.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ if TYPE_CHECKING:
     from .experiment import Experiment
     from .graph import ExperimentGraph
     from .result import Result
+
+#: How much work (unit wall time in the workers) a batch of small units should add up to.
+BATCH_SECONDS = 0.05
+#: The most units one batch carries, however small they are.
+MAX_BATCH = 256
 
 
 @dataclass
@@ -93,6 +102,9 @@ class Scheduler:
         self._books: dict[Path, LeaseBook] = {}
         self._background: TaskGroup | None = None
         self._rank: dict[str, float] = {}
+        self._queued: dict[str, int] = {}
+        #: per experiment: units finished so far and their total wall time in the workers
+        self._walls: dict[str, tuple[int, float]] = {}
 
     # -- configuration ----------------------------------------------------------------------
     def _configure(self, name: str) -> Experiment:
@@ -151,17 +163,42 @@ class Scheduler:
         """Queue one unit; its outcome is sent to ``stream`` when it finishes."""
         priority = -self._rank.get(experiment, 0)
         heapq.heappush(self._heap, (priority, next(self._seq), job, _Outcome(stream)))
+        self._queued[experiment] = self._queued.get(experiment, 0) + 1
         self._ready.release()
+
+    def batch_size(self, experiment: str) -> int:
+        """How many of ``experiment``'s queued units the next trip to a worker should carry."""
+        count, wall = self._walls.get(experiment, (0, 0.0))
+        if not self.executor.batching or count < 2:
+            return 1
+        by_time = int(BATCH_SECONDS * count / max(wall, 1e-9))
+        by_share = self._queued.get(experiment, 0) // (2 * self.executor.capacity)
+        return max(1, min(by_time, by_share, MAX_BATCH))
 
     async def _dispatcher(self) -> None:
         while True:
             await self._ready.acquire()
             _, _, job, target = heapq.heappop(self._heap)
+            name = job.experiment.name or ""
+            batch = [(job, target)]
+            size = self.batch_size(name)
+            # Units of one experiment have one priority, so they sit together at the top.
+            heap = self._heap
+            while len(batch) < size and heap and heap[0][2].experiment is job.experiment:
+                self._ready.acquire_nowait()
+                batch.append(heapq.heappop(self._heap)[2:])
+            self._queued[name] -= len(batch)
+            jobs = [j for j, _ in batch]
             try:
-                outcome = await self.executor.run(job)
-            except Exception as exc:  # the executor itself failed for this unit
-                outcome = UnitOutcome(job.task.condition, job.task.replicate, error=exc)
-            target.stream.send_nowait(outcome)
+                outcomes = (await self.executor.run_batch(jobs) if len(jobs) > 1
+                            else [await self.executor.run(job)])
+            except Exception as exc:  # the executor itself failed for these units
+                outcomes = [UnitOutcome(j.task.condition, j.task.replicate, error=exc)
+                            for j in jobs]
+            count, wall = self._walls.get(name, (0, 0.0))
+            self._walls[name] = (count + len(outcomes), wall + sum(o.wall for o in outcomes))
+            for (_, out), outcome in zip(batch, outcomes, strict=True):
+                out.stream.send_nowait(outcome)
 
     # -- running ----------------------------------------------------------------------------
     async def _node(self, name: str) -> None:

@@ -249,12 +249,13 @@ async def arun_unit(experiment: Experiment, task: UnitTask) -> UnitOutcome:
 _SPECS: dict[str, Experiment] = {}
 
 
-def run_pickled_unit(key: str, blob: bytes, task: UnitTask) -> bytes:
-    """Worker-process entry point: unpickle the experiment once per worker, run the unit.
+def run_pickled_units(key: str, blob: bytes, tasks: list[UnitTask]) -> list[bytes]:
+    """Worker-process entry point: unpickle the experiment once per worker, run its units.
 
-    Returns the outcome pickled here rather than by the pool, so that a metric value that
-    cannot travel back is reported by name, as the unit's error, instead of as a bare pickling
-    error for the whole unit. :func:`unpack_outcome` reads it.
+    Several units of one experiment may come in one call (a batch: one round trip for units
+    too small to be worth one each). Each outcome is pickled here rather than by the pool, so
+    that a metric value that cannot travel back is reported by name, as that unit's error,
+    instead of as a bare pickling error for the whole call. :func:`unpack_outcome` reads them.
     """
     import cloudpickle
 
@@ -263,7 +264,12 @@ def run_pickled_unit(key: str, blob: bytes, task: UnitTask) -> bytes:
         if len(_SPECS) > 256:
             _SPECS.clear()
         experiment = _SPECS[key] = cloudpickle.loads(blob)
-    outcome = run_unit(experiment, task)
+    return [_packed(experiment, run_unit(experiment, task)) for task in tasks]
+
+
+def _packed(experiment: Experiment, outcome: UnitOutcome) -> bytes:
+    import cloudpickle
+
     try:
         return cloudpickle.dumps(outcome)
     except Exception as exc:
@@ -285,6 +291,6 @@ def run_pickled_unit(key: str, blob: bytes, task: UnitTask) -> bytes:
 
 
 def unpack_outcome(data: bytes) -> UnitOutcome:
-    """The :class:`UnitOutcome` a worker returned from :func:`run_pickled_unit`."""
+    """A :class:`UnitOutcome` a worker returned from :func:`run_pickled_units`."""
     outcome: UnitOutcome = pickle.loads(data)
     return outcome

@@ -18,6 +18,7 @@ from crystallize import (
     ExperimentFailedError,
     ExperimentGraph,
     ExperimentInput,
+    ProcessExecutor,
     Treatment,
     data_source,
     pipeline_step,
@@ -297,3 +298,44 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except (FileNotFoundError, ProcessLookupError):  # reaped while we looked
         return False
+
+
+class RecordingPool(ProcessExecutor):
+    """The real process executor, noting how many units each trip to a worker carried."""
+
+    def __init__(self, batching: bool = True) -> None:
+        super().__init__(max_workers=2, batching=batching)
+        self.trips: list[int] = []
+
+    async def run_batch(self, jobs):
+        self.trips.append(len(jobs))
+        return await super().run_batch(jobs)
+
+
+def test_tiny_units_travel_in_batches_and_long_ones_alone():
+    @pipeline_step()
+    def tiny(data, ctx):
+        if ctx["replicate"] == 123:
+            raise ValueError("only this one")
+        return data, {"rep": ctx["replicate"], "pid": os.getpid()}
+
+    pool = RecordingPool()
+    result = Experiment(seed_data(), [tiny()], name="tiny", replicates=400).run(executor=pool)
+    assert sum(pool.trips) == 400 and max(pool.trips) > 1  # batched, and every unit ran once
+    reps = result.metrics.baseline.metrics["rep"]
+    assert reps == [None if r == 123 else r for r in range(400)]  # replicate order kept
+    assert set(result.errors) == {"baseline_rep_123"}  # a failure stays with its unit
+    assert os.getpid() not in set(result.metrics.baseline.metrics["pid"])  # still in workers
+
+    @pipeline_step()
+    def slow(data, ctx):
+        time.sleep(0.08)  # longer than a whole batch is meant to be
+        return data
+
+    pool = RecordingPool()
+    Experiment(seed_data(), [slow()], name="slow", replicates=8).run(executor=pool)
+    assert pool.trips == [1] * 8
+
+    pool = RecordingPool(batching=False)
+    Experiment(seed_data(), [tiny()], name="unbatched", replicates=100).run(executor=pool)
+    assert pool.trips == [1] * 100

@@ -43,6 +43,7 @@ class System:
     async_steps: bool = False  # can run W6
     crystallize: bool = False  # gets the "vs best other" column
     reference: bool = False  # runs under the crystallize-ml reference interpreter
+    default: bool = True  # measured unless --systems names others
     note: str = ""
 
     def skip_reason(self, w: Workload) -> str | None:
@@ -66,6 +67,9 @@ SYSTEMS: dict[str, System] = {
                crystallize=True),
         System("crystallize-thread", _CZ, "thread", resume=True, async_steps=True,
                crystallize=True),
+        System("crystallize-process-unbatched", _CZ, "process-unbatched", resume=True,
+               async_steps=True, crystallize=True, default=False,
+               note="ProcessExecutor(batching=False): one trip to a worker per unit"),
         System("crystallize-inline", _CZ, "inline", sequential=True, resume=True,
                async_steps=True, crystallize=True),
         System("loop", "bench.systems.loop", sequential=True, async_steps=True,
@@ -82,4 +86,4 @@ SYSTEMS: dict[str, System] = {
     )
 }
 
-DEFAULT_SYSTEMS = tuple(n for n, s in SYSTEMS.items() if not s.reference)
+DEFAULT_SYSTEMS = tuple(n for n, s in SYSTEMS.items() if s.default and not s.reference)

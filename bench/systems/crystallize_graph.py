@@ -87,7 +87,10 @@ def _plugins(spec: RunSpec) -> list[Any]:
 def _run_kwargs(spec: RunSpec) -> dict[str, Any]:
     if _is_reference(spec):
         return {"strategy": spec.strategy}
-    return {"executor": spec.variant, "max_workers": spec.cores, "strategy": spec.strategy}
+    executor: Any = spec.variant
+    if spec.variant == "process-unbatched":
+        executor = cz.ProcessExecutor(spec.cores, batching=False)
+    return {"executor": executor, "max_workers": spec.cores, "strategy": spec.strategy}
 
 
 def build(spec: RunSpec) -> list[Any]:
