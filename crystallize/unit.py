@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import cloudpickle
 
 from .context import FrozenContext
 from .errors import PicklingError, UnitError
@@ -257,8 +258,6 @@ def run_pickled_units(key: str, blob: bytes, tasks: list[UnitTask]) -> list[byte
     that a metric value that cannot travel back is reported by name, as that unit's error,
     instead of as a bare pickling error for the whole call. :func:`unpack_outcome` reads them.
     """
-    import cloudpickle
-
     experiment = _SPECS.get(key)
     if experiment is None:
         if len(_SPECS) > 256:
@@ -268,8 +267,6 @@ def run_pickled_units(key: str, blob: bytes, tasks: list[UnitTask]) -> list[byte
 
 
 def _packed(experiment: Experiment, outcome: UnitOutcome) -> bytes:
-    import cloudpickle
-
     try:
         return cloudpickle.dumps(outcome)
     except Exception as exc:
