@@ -339,3 +339,35 @@ def test_tiny_units_travel_in_batches_and_long_ones_alone():
     pool = RecordingPool(batching=False)
     Experiment(seed_data(), [tiny()], name="unbatched", replicates=100).run(executor=pool)
     assert pool.trips == [1] * 100
+
+
+def test_units_on_the_longest_remaining_path_go_first():
+    log: list[str] = []
+
+    @pipeline_step()
+    def noted(data, ctx, label=""):
+        log.append(label)
+        time.sleep(0.03)
+        return data
+
+    def exp(name, source=None):
+        out = Artifact(f"{name}.txt")
+
+        @pipeline_step()
+        def emit(data, ctx, artifact: Artifact):
+            artifact.write(name)
+            return data
+
+        return Experiment(source if source is not None else seed_data(),
+                          [noted(label=name), emit(artifact=out)], name=name, replicates=4,
+                          outputs=[out]), out
+
+    short, _ = exp("short")  # 4 units and nothing after them
+    head, head_out = exp("head")  # 4 units, then two more experiments wait on it
+    middle, middle_out = exp("middle", head_out)
+    tail, _ = exp("tail", middle_out)
+    ExperimentGraph(short, head, middle, tail).run(executor="thread", max_workers=1)
+    # One worker: whichever unit came first, every queued unit of the long branch's head
+    # runs before the rest of the short branch.
+    rest = log[1:]
+    assert rest.index("short") > max(i for i, label in enumerate(rest) if label == "head"), log
