@@ -65,6 +65,7 @@ class Entry:
     config: Path
     experiment: Experiment | None = None
     error: str | None = None
+    _state: str | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -81,6 +82,17 @@ class Entry:
     @property
     def outputs(self) -> list[str]:
         return sorted(self.experiment.outputs) if self.experiment else []
+
+    def store_state(self) -> str:
+        """Complete, stale (and why) or never run; worked out once per listing, since it loads
+        the experiment's graph and fingerprints it."""
+        if self._state is None:
+            try:
+                graph = ExperimentGraph.from_yaml(self.config)
+                self._state = experiment_status(graph)[self.name].describe()
+            except (ConfigError, ValueError) as exc:
+                self._state = f"unknown: {exc}"
+        return self._state
 
 
 def discover(root: Path) -> dict[Path, list[Entry]]:
@@ -130,12 +142,8 @@ def describe(entry: Entry) -> Text:
                             for s in exp.pipeline.steps) or "-"),
         ("reads from", ", ".join(entry.upstreams) or "-"),
         ("outputs", ", ".join(entry.outputs) or "-"),
+        ("store", entry.store_state()),
     ]
-    try:
-        status = experiment_status(ExperimentGraph.from_yaml(entry.config))[entry.name]
-        rows.append(("store", status.describe()))
-    except (ConfigError, ValueError) as exc:
-        rows.append(("store", f"unknown: {exc}"))
     for key, value in rows:
         text.append(f"{key:>11}  ", style="cyan")
         text.append(f"{value}\n")
@@ -359,32 +367,16 @@ class RunScreen(Screen[None]):
         self.show_errors(lines)
 
 
-class CrystallizeApp(App[None]):
+class ExperimentsScreen(Screen[None]):
     """The experiments under ``root``; ``n`` creates one, ``enter`` runs the highlighted one."""
 
-    TITLE = "crystallize"
-    CSS = """
-    #tree { width: 45%; }
-    #details { padding: 0 1; }
-    #errors { height: auto; max-height: 12; border: round red; padding: 0 1; }
-    #log { height: 1fr; border: round $accent; }
-    #units { height: auto; max-height: 60%; }
-    #heading { padding: 0 1; }
-    NewExperimentScreen { align: center middle; }
-    #dialog { width: 72; height: auto; border: thick $accent; padding: 1 2;
-              background: $surface; }
-    #outputs { height: auto; max-height: 12; }
-    #buttons { height: auto; }
-    #title { text-style: bold; }
-    """
     BINDINGS: ClassVar = [
+        Binding("enter", "run", "Run"),
         Binding("n", "new", "New experiment"),
-        Binding("enter", "run", "Run", show=True),
         Binding("g", "refresh", "Refresh"),
-        Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, root: Path, executor: str | None = None) -> None:
+    def __init__(self, root: Path, executor: str | None) -> None:
         super().__init__()
         self.root = root
         self.executor = executor
@@ -452,10 +444,10 @@ class CrystallizeApp(App[None]):
         try:
             screen = RunScreen(entry.config, self.executor)
         except (ConfigError, ValueError) as exc:
-            self.notify(str(exc), severity="error", timeout=10)
+            self.app.notify(str(exc), severity="error", timeout=10)
             return
         # Back on this screen, show what the run changed in the store.
-        self.push_screen(screen, lambda _: self.action_refresh(select=entry.config))
+        self.app.push_screen(screen, lambda _: self.action_refresh(select=entry.config))
 
     def action_new(self) -> None:
         """Create an experiment next to the highlighted one (or in the first folder, or root)."""
@@ -469,12 +461,43 @@ class CrystallizeApp(App[None]):
             folder = next(iter(self.groups), self.root)
         siblings = self.groups.get(folder, [])
         outputs = sorted(f"{e.name}#{o}" for e in siblings for o in e.outputs)
-        self.push_screen(NewExperimentScreen(folder, outputs), self._created)
+        self.app.push_screen(NewExperimentScreen(folder, outputs), self._created)
 
     def _created(self, config: Path | None) -> None:
         if config is not None:
             self.action_refresh(select=config)
-            self.notify(f"created {display_path(config.parent)}")
+            self.app.notify(f"created {display_path(config.parent)}")
+
+
+
+
+class CrystallizeApp(App[None]):
+    """The terminal UI on the folder experiments under ``root``."""
+
+    TITLE = "crystallize"
+    CSS = """
+    #tree { width: 45%; }
+    #details { padding: 0 1; }
+    #errors { height: auto; max-height: 12; border: round red; padding: 0 1; }
+    #log { height: 1fr; border: round $accent; }
+    #units { height: auto; max-height: 60%; }
+    #heading { padding: 0 1; }
+    NewExperimentScreen { align: center middle; }
+    #dialog { width: 72; height: auto; border: thick $accent; padding: 1 2;
+              background: $surface; }
+    #outputs { height: auto; max-height: 12; }
+    #buttons { height: auto; }
+    #title { text-style: bold; }
+    """
+    BINDINGS: ClassVar = [Binding("q", "quit", "Quit")]
+
+    def __init__(self, root: Path, executor: str | None = None) -> None:
+        super().__init__()
+        self.root = root
+        self.executor = executor
+
+    def on_mount(self) -> None:
+        self.push_screen(ExperimentsScreen(self.root, self.executor))
 
 
 def run_ui(root: Path, executor: str | None = None) -> int:

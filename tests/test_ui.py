@@ -50,7 +50,7 @@ async def finish_run(pilot, screen: RunScreen) -> None:
 
 
 async def open_run_screen(pilot, app: CrystallizeApp, name: str) -> RunScreen:
-    tree = app.query_one("#tree", Tree)
+    tree = app.screen.query_one("#tree", Tree)
     while tree.cursor_node is None or str(tree.cursor_node.label).split()[-1] != name:
         await pilot.press("down")
         await pilot.pause()
@@ -70,15 +70,15 @@ async def test_tree_groups_experiments_by_folder_and_marks_graph_experiments(roo
                                                                         "name: alone"))
     app = CrystallizeApp(root)
     async with app.run_test(size=SIZE) as pilot:
-        tree = app.query_one("#tree", Tree)
+        tree = app.screen.query_one("#tree", Tree)
         assert labels(tree) == ["experiments", "experiments/dag", "📈 consumer", "producer",
                                 "experiments/solo", "alone"]
         await pilot.press("down", "down", "down")  # the producer
         await pilot.pause()
         assert str(tree.cursor_node.label) == "producer"
-        details = str(app.query_one("#details", Static).render())
+        details = str(app.screen.query_one("#details", Static).render())
         assert "producer" in details and "never run" in details and "summary" in details
-        assert not app.query_one("#errors").display
+        assert not app.screen.query_one("#errors").display
 
 
 async def test_new_experiment_wires_chosen_upstream_outputs(root: Path) -> None:
@@ -109,7 +109,7 @@ async def test_new_experiment_wires_chosen_upstream_outputs(root: Path) -> None:
         exp = load_experiment(config)
         assert [(a.producer, a.name) for a in exp.consumed_artifacts()] == [
             ("producer", "summary.json")]
-        tree = app.query_one("#tree", Tree)
+        tree = app.screen.query_one("#tree", Tree)
         assert "📈 analysis" in labels(tree)
         assert str(tree.cursor_node.label) == "📈 analysis"
 
@@ -144,12 +144,16 @@ async def test_run_screen_runs_prerequisites_first_and_toggles_caching(root: Pat
         assert states[0] == "done -> v1" and states[2] == "done -> v1"
         assert not screen.query_one("#errors").display
 
+        await pilot.press("n")  # the tree's keys do nothing here
+        await pilot.pause()
+        assert isinstance(app.screen, RunScreen)
+
         await pilot.press("escape")  # back to the tree, which shows the new state
         await pilot.pause()
         await pilot.pause()
         assert not isinstance(app.screen, RunScreen)
-        assert str(app.query_one("#tree", Tree).cursor_node.label) == "📈 consumer"
-        assert "complete (v1)" in str(app.query_one("#details", Static).render())
+        assert str(app.screen.query_one("#tree", Tree).cursor_node.label) == "📈 consumer"
+        assert "complete (v1)" in str(app.screen.query_one("#details", Static).render())
 
 
 async def test_error_panels_list_broken_configs_and_missing_paths(root: Path) -> None:
@@ -163,7 +167,7 @@ async def test_error_panels_list_broken_configs_and_missing_paths(root: Path) ->
         "def some_step(data, ctx):\n    return data\n")
     app = CrystallizeApp(root)
     async with app.run_test(size=SIZE) as pilot:
-        panel = app.query_one("#errors", Static)
+        panel = app.screen.query_one("#errors", Static)
         assert panel.display
         text = " ".join(str(panel.render()).split())
         assert "broken/config.yaml" in text and "steps[0]" in text and "no_such_step" in text
