@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import crystallize
 
+from processes import is_alive
 from terminal import run_in_terminal
 
 REPO = Path(crystallize.__file__).resolve().parents[1]
@@ -161,3 +164,32 @@ def test_run_in_a_terminal_draws_progress_bars(dag: Path, tmp_path: Path) -> Non
     assert "\x1b[" in out  # a live, styled display
     assert "━" in out  # the bars
     assert "6/6" in out and "done -> v0" in out  # consumer: 2 conditions x 3 replicates
+
+
+def test_ctrl_c_stops_the_run_and_its_workers(dag: Path, tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    steps = dag / "producer" / "steps.py"
+    steps.write_text(steps.read_text().replace(
+        '    stats = {"mean"',
+        f'    import os, time\n    open({str(started)!r}, "a").write(f"{{os.getpid()}}\\n")\n'
+        '    end = time.monotonic() + 60\n    while time.monotonic() < end:\n        pass\n'
+        '    stats = {"mean"', 1))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crystallize.cli", "run", "dag"], cwd=tmp_path, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+            not started.exists() or len(started.read_text().split()) < 2):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err and "Traceback" not in err + out
+    workers = [int(p) for p in started.read_text().split()]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(is_alive(p) for p in workers):
+        time.sleep(0.05)
+    assert not any(is_alive(p) for p in workers), "a worker outlived the interrupted run"
+    assert not list((tmp_path / "data").rglob(".crystallize_complete"))
+

@@ -24,6 +24,8 @@ from crystallize import (
     pipeline_step,
 )
 
+from processes import is_alive
+
 
 @data_source
 def seed_data(ctx):
@@ -234,7 +236,7 @@ def test_cancellation_stops_workers_and_marks_nothing_complete(tmp_path):
     deadline = time.monotonic() + 10
     alive = pids
     while alive and time.monotonic() < deadline:
-        alive = [p for p in pids if _alive(p)]
+        alive = [p for p in pids if is_alive(p)]
         time.sleep(0.05)
     assert alive == [], "worker processes kept running after cancellation"
     assert not list(Path("data/long").rglob(".crystallize_complete"))
@@ -285,19 +287,6 @@ def test_interpreter_exits_after_a_cancelled_process_run(tmp_path):
         done = subprocess.run([sys.executable, str(script), str(started)], cwd=tmp_path,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and "returned" in done.stdout, done.stderr
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a terminated child that was not reaped yet is a zombie: dead for our purposes
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except (FileNotFoundError, ProcessLookupError):  # reaped while we looked
-        return False
 
 
 class RecordingPool(ProcessExecutor):
