@@ -49,7 +49,7 @@ from .experiment import Experiment
 from .graph import ExperimentGraph
 from .scaffold import ScaffoldError, scaffold
 from .status import experiment_status
-from .summary import format_values
+from .summary import format_values, hypothesis_lines
 
 GRAPH_ICON, LOCK_ICON = "📈", "🔒"
 #: Folders never searched for experiments: stores, environments, caches.
@@ -359,6 +359,8 @@ class RunScreen(Screen[None]):
                 metrics = result.metrics.condition(cond).metrics
                 shown = ", ".join(f"{m}={format_values(v)}" for m, v in metrics.items())
                 log.write(f"{name} [{cond}] {shown}")
+            for line in hypothesis_lines(result):
+                log.write(f"{name}: {line}")
         lines = [f"{name}: {cause}" for name, cause in failures.items()]
         for row in self.rows:
             lines += row.notes

@@ -128,6 +128,9 @@ async def test_run_screen_runs_prerequisites_first_and_toggles_caching(root: Pat
         states = [r[3] for r in rows(screen)]
         assert states[0] == "done -> v0" and states[2] == "done -> v0"
         assert rows(screen)[2][2].endswith("6/6")  # 2 conditions x 3 replicates
+        log = "\n".join(str(line.text) for line in screen.query_one("#log").lines)
+        assert "consumer [double] score=" in log
+        assert "consumer: hypothesis doubling_changes_score: double: p_value=" in log
         assert (Path("data") / "consumer" / "v0" / "metadata.json").exists()
 
         await finish_run(pilot, screen)  # both cached: resumed, nothing recomputed
