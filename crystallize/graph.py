@@ -204,7 +204,13 @@ class ExperimentGraph:
             self.arun, treatments=treatments, replicates=replicates, strategy=strategy,
             executor=executor, max_workers=max_workers, on_event=on_event,
         )
-        return anyio.run(call)
+        try:
+            return anyio.run(call)
+        except asyncio.CancelledError:
+            # Only Ctrl-C cancels this run from outside. On Python 3.10, anyio's backport of
+            # asyncio.Runner lets that out as CancelledError (it needs Task.uncancel, new in
+            # 3.11); report it as the KeyboardInterrupt it was, as 3.11 and later do.
+            raise KeyboardInterrupt from None
 
     async def arun(
         self, *, treatments: Iterable[Treatment] | None = None, replicates: int | None = None,
