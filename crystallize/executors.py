@@ -184,12 +184,6 @@ class ProcessExecutor(Executor):
 
     async def __aenter__(self) -> ProcessExecutor:
         self._pool = self._new_pool()
-        # Fork every worker now, from this thread, before the run starts threads of its own
-        # (store writes): a process forked while another thread holds a lock (malloc's,
-        # logging's, an import lock) can deadlock. One no-op per worker, submitted at once,
-        # makes the pool start them all.
-        for fut in [self._pool.submit(int) for _ in range(self.max_workers)]:
-            await wait_future(fut)
         return self
 
     async def __aexit__(self, exc_type: Any, *rest: object) -> None:
