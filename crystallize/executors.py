@@ -107,6 +107,10 @@ class Executor(ABC):
     async def __aexit__(self, *exc_info: object) -> None:
         return None
 
+    def warm(self) -> None:  # noqa: B027 - optional hook, most executors need nothing
+        """Get ready for units now: called once an experiment of the run will execute, just
+        before the run first hands work to threads. Does nothing unless overridden."""
+
     @abstractmethod
     async def run(self, job: UnitJob) -> UnitOutcome:
         """Run one unit to completion and return its outcome."""
@@ -184,7 +188,18 @@ class ProcessExecutor(Executor):
 
     async def __aenter__(self) -> ProcessExecutor:
         self._pool = self._new_pool()
+        self._warm = False
         return self
+
+    def warm(self) -> None:
+        # Fork every worker now, while this run has no other threads: a process forked while
+        # another thread holds a lock can deadlock (Python 3.12 warns). Not at __aenter__, so
+        # that a run needing no worker (a full resume, async steps only) forks nothing. One
+        # no-op per worker, submitted at once, makes the pool fork them all right here.
+        if self._pool is not None and not self._warm:
+            self._warm = True
+            for _ in range(self.max_workers):
+                self._pool.submit(int)
 
     async def __aexit__(self, exc_type: Any, *rest: object) -> None:
         pool, self._pool = self._pool, None

@@ -271,6 +271,8 @@ class ExperimentRun:
         # other experiments' units and writes can proceed meanwhile.
         # If the run is cancelled or breaks from here on, the version never gets its
         # metadata.json, so nothing treats it as complete; a later prune retires it.
+        if not exp.pipeline.is_async:
+            sched.executor.warm()
         writer = await anyio.to_thread.run_sync(self.store.allocate, book)
         if plan.reuse:
             assert plan.source is not None

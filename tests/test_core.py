@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -232,6 +234,45 @@ def test_unit_errors_recorded_by_condition_and_replicate():
     assert isinstance(result.errors["baseline_rep_1"], ValueError)
     assert "boom on one" in str(result.errors["baseline_rep_1"])
     assert result.metrics.baseline.metrics["ok"] == [1, None, 1]
+
+
+FORK_WATCH = """
+import json, os, threading
+from crystallize import Artifact, Experiment, ExperimentGraph, data_source, pipeline_step
+
+threads_at_fork = []
+os.register_at_fork(before=lambda: threads_at_fork.append(len(threading.enumerate())))
+
+@data_source
+def src(ctx):
+    return [1, 2]
+
+out = Artifact("a.txt")
+
+@pipeline_step()
+def write(data, ctx, a: Artifact):
+    a.write("x")
+    return data
+
+prod = Experiment(src(), [write(a=out)], name="p", replicates=4, outputs=[out])
+cons = Experiment(out, [pipeline_step()(lambda data, ctx: data)()], name="c", replicates=4)
+ExperimentGraph(prod, cons).run(executor="process", max_workers=2)
+print(json.dumps(threads_at_fork))
+ExperimentGraph(prod, cons).run(executor="process", max_workers=2, strategy="resume")
+print(json.dumps(threads_at_fork))
+"""
+
+
+def test_workers_fork_before_the_run_starts_threads_and_only_when_needed(tmp_path):
+    # Forking while another thread holds a lock can deadlock the child (Python 3.12 warns).
+    script = tmp_path / "forks.py"
+    script.write_text(FORK_WATCH)
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    first, after_resume = (json.loads(line) for line in done.stdout.splitlines()[-2:])
+    assert first == [1, 1]  # two workers, each forked while the main thread was alone
+    assert after_resume == first  # a run that reuses everything forks nothing
 
 
 def test_a_metric_that_cannot_leave_the_worker_is_named():
