@@ -182,6 +182,7 @@ class ProcessExecutor(Executor):
         super().__init__(max_workers, batching=batching)
         self.mp_context = mp_context or _default_context()
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._warm = False
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
         return cf.ProcessPoolExecutor(self.max_workers, mp_context=self.mp_context)
