@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import sys
 import uuid
-from abc import ABC, abstractmethod
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -72,8 +71,12 @@ async def wait_future(fut: Any) -> Any:
     return fut.result()
 
 
-class Executor(ABC):
-    """Base class of executors; see the module docstring."""
+class Executor:
+    """Base class of executors; see the module docstring.
+
+    A subclass overrides :meth:`run` (one unit per call), :meth:`run_batch` (several units of
+    one experiment per call, for transports where each call is a round trip), or both.
+    """
 
     #: Name shown in provenance and progress output.
     name: str = "executor"
@@ -81,6 +84,10 @@ class Executor(ABC):
     out_of_process: bool = False
 
     def __init__(self, max_workers: int | None = None, *, batching: bool = False) -> None:
+        cls = type(self)
+        if cls.run is Executor.run and cls.run_batch is Executor.run_batch:
+            # Each default is written in terms of the other: with neither, nothing runs.
+            raise TypeError(f"{cls.__name__} must override run() or run_batch() of Executor")
         self.max_workers = max_workers or os.cpu_count() or 1
         #: Whether the scheduler may send several small units of one experiment per
         #: :meth:`run_batch` call (worth it only where each call is a round trip).
@@ -111,17 +118,17 @@ class Executor(ABC):
         """Get ready for units now: called once an experiment of the run will execute, just
         before the run first hands work to threads. Does nothing unless overridden."""
 
-    @abstractmethod
     async def run(self, job: UnitJob) -> UnitOutcome:
-        """Run one unit to completion and return its outcome."""
+        """Run one unit to completion and return its outcome (by default, a batch of one)."""
+        return (await self.run_batch([job]))[0]
 
     async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
         """Run units of one experiment and return their outcomes, in order.
 
-        The scheduler batches units only where :attr:`batching` is on (the process and Dask
-        executors, unless created with ``batching=False``), and only units it has seen to be
-        much shorter than a batch, so that one trip to a worker serves them all. By default
-        they simply run one after another.
+        The scheduler hands over more than one only where :attr:`batching` is on (the process
+        and Dask executors, unless created with ``batching=False``), and only units it has seen
+        to be much shorter than a batch, so that one trip to a worker serves them all. By
+        default they simply run one after another.
         """
         return [await self.run(job) for job in jobs]
 
@@ -219,17 +226,19 @@ class ProcessExecutor(Executor):
         for proc in list(getattr(pool, "_processes", {}).values()):
             proc.terminate()
 
-    async def run(self, job: UnitJob) -> UnitOutcome:
-        return (await self.run_batch([job]))[0]
+    @staticmethod
+    async def _trip(pool: cf.ProcessPoolExecutor, jobs: list[UnitJob]) -> list[UnitOutcome]:
+        """One round trip to a worker of ``pool`` for units of one experiment."""
+        first = jobs[0]
+        packed = await wait_future(
+            pool.submit(run_pickled_units, first.key, first.blob, [j.task for j in jobs]))
+        return [unpack_outcome(p) for p in packed]
 
     async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
         pool = self._pool
         assert pool is not None, "ProcessExecutor used outside 'async with'"
-        first = jobs[0]
         try:
-            packed = await wait_future(
-                pool.submit(run_pickled_units, first.key, first.blob, [j.task for j in jobs]))
-            return [unpack_outcome(p) for p in packed]
+            return await self._trip(pool, jobs)
         except BrokenProcessPool:
             # A worker died (killed, out of memory, a crash in C code) and the pool failed every
             # unit it held. The first unit to notice gives the rest of the run a fresh pool.
@@ -243,9 +252,7 @@ class ProcessExecutor(Executor):
     async def _alone(self, job: UnitJob) -> UnitOutcome:
         alone = cf.ProcessPoolExecutor(1, mp_context=self.mp_context)
         try:
-            packed = await wait_future(
-                alone.submit(run_pickled_units, job.key, job.blob, [job.task]))
-            return unpack_outcome(packed[0])
+            return (await self._trip(alone, [job]))[0]
         except BrokenProcessPool as exc:
             error = RuntimeError(f"worker process died while running this unit, twice: {exc}")
             return UnitOutcome(job.task.condition, job.task.replicate, error=error)
@@ -307,9 +314,6 @@ class DaskExecutor(Executor):
             await anyio.to_thread.run_sync(obj.close)
         if owned:
             self.client = None
-
-    async def run(self, job: UnitJob) -> UnitOutcome:
-        return (await self.run_batch([job]))[0]
 
     async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
         first = jobs[0]

@@ -267,12 +267,12 @@ class ExperimentRun:
         started = time.time()
         seeds = [exp.seed_plugin.replicate_seed(name, r) for r in range(exp.replicates)]
         book = sched.book(self.store.root)
-        # File-system work runs in threads: on slow disks it is most of a tiny node's cost, and
-        # other experiments' units and writes can proceed meanwhile.
-        # If the run is cancelled or breaks from here on, the version never gets its
-        # metadata.json, so nothing treats it as complete; a later prune retires it.
         if not exp.pipeline.is_async:
-            sched.executor.warm()
+            sched.executor.warm()  # before this run's first thread hop, just below
+        # File-system work runs in threads: on slow disks it is most of a tiny node's cost, and
+        # other experiments' units and writes can proceed meanwhile. If the run is cancelled or
+        # breaks from here on, the version never gets its metadata.json, so nothing treats it
+        # as complete; a later prune retires it.
         writer = await anyio.to_thread.run_sync(self.store.allocate, book)
         if plan.reuse:
             assert plan.source is not None

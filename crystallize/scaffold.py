@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -145,7 +146,16 @@ def scaffold(name: str, root: Path, uses: Sequence[str], outputs: Sequence[str])
     }
     if outputs:
         files[folder / "outputs.py"] = _OUTPUTS_TEMPLATE.format(name=name)
-    folder.mkdir(parents=True)
-    for path, text in files.items():
-        path.write_text(text, encoding="utf-8")
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:  # the root is a file, read-only, on a full disk...
+        raise ScaffoldError(
+            f"cannot create {display_path(folder)}: {exc.strerror}; pass a folder you can write "
+            "to (--root)") from None
+    try:
+        for path, text in files.items():
+            path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)  # ours, and half-written: leave nothing behind
+        raise ScaffoldError(f"cannot write {display_path(folder)}: {exc.strerror}") from None
     return list(files)

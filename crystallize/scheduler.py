@@ -186,12 +186,11 @@ class Scheduler:
             heap = self._heap
             while len(batch) < size and heap and heap[0][2].experiment is job.experiment:
                 self._ready.acquire_nowait()
-                batch.append(heapq.heappop(self._heap)[2:])
+                batch.append(heapq.heappop(heap)[2:])
             self._queued[name] -= len(batch)
             jobs = [j for j, _ in batch]
             try:
-                outcomes = (await self.executor.run_batch(jobs) if len(jobs) > 1
-                            else [await self.executor.run(job)])
+                outcomes = await self.executor.run_batch(jobs)
             except Exception as exc:  # the executor itself failed for these units
                 outcomes = [UnitOutcome(j.task.condition, j.task.replicate, error=exc)
                             for j in jobs]

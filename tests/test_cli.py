@@ -140,6 +140,10 @@ def test_user_mistakes_exit_2_without_traceback(dag: Path, tmp_path: Path) -> No
     err = user_mistake(cli("run", "dag/producer", "--treatment", "duble", cwd=tmp_path))
     assert "--treatment duble" in err
 
+    (tmp_path / "a_file").write_text("")
+    err = user_mistake(cli("new", "other", "--root", "a_file", cwd=tmp_path))
+    assert "cannot create a_file/other" in err and "--root" in err
+
     err = user_mistake(cli("ui", "dag/producer/config.yaml", cwd=tmp_path))
     assert "not a folder" in err and "dag/producer/config.yaml" in err
 

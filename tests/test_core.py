@@ -275,6 +275,26 @@ def test_workers_fork_before_the_run_starts_threads_and_only_when_needed(tmp_pat
     assert after_resume == first  # a run that reuses everything forks nothing
 
 
+def test_custom_executors_override_run_or_run_batch():
+    from crystallize import Executor
+    from crystallize.unit import run_unit
+
+    class Nowhere(Executor):
+        name = "nowhere"
+
+    with pytest.raises(TypeError, match=r"Nowhere must override run\(\) or run_batch\(\)"):
+        Nowhere()
+
+    class Here(Executor):
+        name = "here"
+
+        async def run(self, job):
+            return run_unit(job.experiment, job.task)
+
+    result = make("custom").run(executor=Here(max_workers=1))
+    assert result.metrics.baseline.metrics["total"] == [10, 10, 10]
+
+
 def test_a_metric_that_cannot_leave_the_worker_is_named():
     @pipeline_step()
     def locked(data, ctx):
