@@ -1,26 +1,51 @@
 """crystallize: reproducible computational experiments as a DAG, on every core of a machine."""
 
-from .artifacts import Artifact
-from .context import FrozenContext
-from .datasources import DataSource, ExperimentInput, data_source
+from . import config as _config
+from . import experiment as _experiment
+from ._version import __version__ as __version__
 from .errors import (
     ConfigError,
     ContextMutationError,
+    CrystallizeError,
     ExperimentFailedError,
+    GraphError,
+    MissingArtifactError,
     PicklingError,
+    ScaffoldError,
     UnitError,
 )
-from .events import Event
-from .executors import DaskExecutor, Executor, InlineExecutor, ProcessExecutor, ThreadExecutor
-from .experiment import Experiment
-from .graph import ExperimentGraph
-from .hypotheses import Hypothesis, HypothesisResult, hypothesis, verifier
-from .plugins import ArtifactPlugin, BasePlugin, LoggingPlugin, SeedPlugin
-from .result import ConditionMetrics, ExperimentMetrics, Result
-from .steps import Pipeline, PipelineStep, pipeline_step
-from .treatments import Treatment, treatment
+from .experiment import Experiment, ExperimentGraph
+from .model import (
+    Artifact,
+    ArtifactPlugin,
+    BasePlugin,
+    ConditionMetrics,
+    DataSource,
+    Event,
+    ExperimentInput,
+    ExperimentMetrics,
+    FrozenContext,
+    Hypothesis,
+    HypothesisResult,
+    LoggingPlugin,
+    Pipeline,
+    PipelineStep,
+    Result,
+    SeedPlugin,
+    Treatment,
+    data_source,
+    hypothesis,
+    pipeline_step,
+    treatment,
+    verifier,
+)
+from .running import DaskExecutor, Executor, InlineExecutor, ProcessExecutor, ThreadExecutor
 
-__version__ = "0.1.0"
+# Folder configs build experiments, so the experiment layer cannot import them; this is the one
+# place that hands their loaders down to Experiment.from_yaml and ExperimentGraph.from_yaml.
+_experiment.register_folder_loaders(
+    _experiment.FolderLoaders(experiment=_config.load_experiment, graph=_config.load_graph)
+)
 
 __all__ = [
     "Artifact",
@@ -29,6 +54,7 @@ __all__ = [
     "ConditionMetrics",
     "ConfigError",
     "ContextMutationError",
+    "CrystallizeError",
     "DaskExecutor",
     "DataSource",
     "Event",
@@ -39,15 +65,18 @@ __all__ = [
     "ExperimentInput",
     "ExperimentMetrics",
     "FrozenContext",
+    "GraphError",
     "Hypothesis",
     "HypothesisResult",
     "InlineExecutor",
     "LoggingPlugin",
+    "MissingArtifactError",
     "PicklingError",
     "Pipeline",
     "PipelineStep",
     "ProcessExecutor",
     "Result",
+    "ScaffoldError",
     "SeedPlugin",
     "ThreadExecutor",
     "Treatment",

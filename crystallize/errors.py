@@ -1,19 +1,82 @@
-"""Exceptions raised by crystallize.
+"""Exceptions raised by crystallize: the bottom of the package, importing nothing of it.
 
 Every error a user can cause names the thing at fault (experiment, step, file, key) and says
-what would fix it.
+what would fix it. Each one also keeps the builtin base it had before the tree existed, so
+``except ValueError`` and friends keep working:
+
+* CrystallizeError -- the root: ``except CrystallizeError`` catches all of them
+    + ConfigError (ValueError) -- a folder config is wrong; ``.file``, ``.key``, ``.line``
+    + ScaffoldError (ValueError) -- a new experiment folder cannot be created
+    + GraphError (ValueError) -- the experiments do not form a valid graph
+    + MissingArtifactError (FileNotFoundError) -- an upstream artifact is not in the store;
+      ``.producer``, ``.path``
+    + ContextMutationError (KeyError) -- a context key was assigned twice
+    + PicklingError (TypeError) -- something a worker needs cannot be pickled
+    + UnitError -- a unit's exception that could not cross a process boundary; carries the
+      worker's traceback as ``.traceback_text``
+    + ExperimentFailedError (RuntimeError) -- experiments of a run failed; ``.failures``,
+      ``.results``
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .result import Result
+    from .model import Result
 
 
-class ContextMutationError(KeyError):
+class CrystallizeError(Exception):
+    """The root of every exception crystallize raises on purpose."""
+
+
+class ConfigError(CrystallizeError, ValueError):
+    """A folder experiment's configuration is wrong.
+
+    The message names the file, the key, the offending value and what was expected; ``file``,
+    ``key`` and ``line`` (1-based, of the key in the file) are ``None`` where unknown.
+    """
+
+    def __init__(
+        self, message: str, *, file: Any = None, key: str | None = None, line: int | None = None
+    ) -> None:
+        where = ""
+        if file is not None:
+            where = f"{file}"
+            if key:
+                where += f", key '{key}'"
+            where += ": "
+        super().__init__(where + message)
+        self.file = file
+        self.key = key
+        self.line = line
+
+
+class ScaffoldError(CrystallizeError, ValueError):
+    """A new experiment cannot be created as asked (bad name, existing folder, unknown input)."""
+
+
+class GraphError(CrystallizeError, ValueError):
+    """The experiments do not form a valid graph: a cycle, an artifact nobody produces or two
+    experiments produce, duplicate or missing names."""
+
+
+class MissingArtifactError(CrystallizeError, FileNotFoundError):
+    """An artifact a unit reads is not in the store.
+
+    ``producer`` is the experiment that should have written it; ``path`` the folder of its
+    stored version where the file should be, or ``None`` when it has no complete version.
+    """
+
+    def __init__(self, message: str, *, producer: str | None, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.producer = producer
+        self.path = path
+
+
+class ContextMutationError(CrystallizeError, KeyError):
     """A key of a :class:`~crystallize.FrozenContext` was assigned twice.
 
     Subclasses :class:`KeyError` so ``except KeyError`` keeps working, but renders its message
@@ -24,7 +87,11 @@ class ContextMutationError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class UnitError(Exception):
+class PicklingError(CrystallizeError, TypeError):
+    """An object an experiment needs in a worker process cannot be pickled."""
+
+
+class UnitError(CrystallizeError):
     """Stands in for a unit's exception that could not cross a process boundary.
 
     ``remote_type`` is the original exception's qualified type name; the message and the
@@ -37,11 +104,7 @@ class UnitError(Exception):
         self.traceback_text = traceback_text
 
 
-class PicklingError(TypeError):
-    """An object an experiment needs in a worker process cannot be pickled."""
-
-
-class ExperimentFailedError(RuntimeError):
+class ExperimentFailedError(CrystallizeError, RuntimeError):
     """One or more experiments of a run failed.
 
     ``failures`` maps each failed experiment to its cause; ``results`` holds every result that
@@ -55,21 +118,3 @@ class ExperimentFailedError(RuntimeError):
         )
         self.failures = dict(failures)
         self.results = dict(results)
-
-
-class ConfigError(ValueError):
-    """A folder experiment's configuration is wrong.
-
-    The message names the file, the key, the offending value and what was expected.
-    """
-
-    def __init__(self, message: str, *, file: Any = None, key: str | None = None) -> None:
-        where = ""
-        if file is not None:
-            where = f"{file}"
-            if key:
-                where += f", key '{key}'"
-            where += ": "
-        super().__init__(where + message)
-        self.file = file
-        self.key = key

@@ -277,7 +277,7 @@ def test_workers_fork_before_the_run_starts_threads_and_only_when_needed(tmp_pat
 
 def test_custom_executors_override_run_or_run_batch():
     from crystallize import Executor
-    from crystallize.unit import run_unit
+    from crystallize.running import run_unit
 
     class Nowhere(Executor):
         name = "nowhere"

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import crystallize.fingerprint as fingerprint_module
+import crystallize.fingerprint._code as fingerprint_module
 from crystallize.fingerprint import (
     code_fingerprint,
     code_fingerprint_parts,
@@ -924,7 +924,7 @@ def test_same_fingerprints_in_separate_processes(project: Loader, tmp_path: Path
     # The bytecode path is taken for exec'd code, the source path for the module.
     assert fp_cross.step.__code__.co_filename.endswith("fp_cross.py")
 
-    package_root = Path(fingerprint_module.__file__).resolve().parents[1]
+    package_root = Path(fingerprint_module.__file__).resolve().parents[2]
     python_path = [str(package_root), *filter(None, [os.environ.get("PYTHONPATH")])]
     outputs = []
     for seed in ("0", "1", "4242"):

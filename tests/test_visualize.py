@@ -14,8 +14,8 @@ import pytest
 
 import crystallize
 from crystallize import ExperimentGraph
-from crystallize.status import experiment_status
-from crystallize.visualize import build_digraph, write_diagram
+from crystallize.render import build_digraph, write_diagram
+from crystallize.running import experiment_status
 
 REPO = Path(crystallize.__file__).resolve().parents[1]
 

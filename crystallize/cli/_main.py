@@ -1,0 +1,347 @@
+"""The ``crystallize`` command line (SPEC §6).
+
+``PATH`` is a ``config.yaml``, an experiment folder or an experiments root, as for
+:meth:`~crystallize.ExperimentGraph.from_yaml`. Exit codes: 0 success, 1 an experiment failed,
+2 a user mistake (bad config, missing path, bad option; reported without a traceback),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from .._version import __version__
+from ..config import did_you_mean, display_path, experiment_configs, load_experiment, scaffold
+from ..errors import ConfigError, ExperimentFailedError, ScaffoldError
+from ..experiment import ExperimentGraph
+from ..model import BASELINE, Event
+from ..render import hypothesis_lines, summary_table, summary_title
+from ..store import ExperimentStore
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXECUTORS = ("process", "thread", "inline", "dask")
+_STATE_STYLES = {"complete": "green", "stale": "yellow", "never run": "dim"}
+
+
+class UsageError(Exception):
+    """A user mistake on the command line; printed without a traceback (exit code 2)."""
+
+
+def _load(path: str) -> ExperimentGraph:
+    try:
+        return ExperimentGraph.from_yaml(path)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # graph construction: cycles, duplicate names, missing producers
+        raise UsageError(f"{display_path(Path(path))}: {exc}") from None
+
+
+# -- run --------------------------------------------------------------------------------------
+class RunProgress:
+    """One progress bar per experiment, driven by the run's events (``on_event``)."""
+
+    def __init__(self, console: Console, names: Sequence[str]) -> None:
+        # Refreshed on each event rather than by rich's background thread: the process pool
+        # forks workers during the run, and forking while another thread runs is unsafe.
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[note]}"),
+            console=console, auto_refresh=False,
+        )
+        self.totals: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {
+            name: self.progress.add_task(name, total=None, note="[dim]waiting", start=False)
+            for name in names
+        }
+
+    def __enter__(self) -> RunProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.refresh()
+        self.progress.stop()
+
+    def note(self, message: str, style: str) -> None:
+        self.progress.console.print(Text(message, style=style))
+
+    def on_event(self, event: Event) -> None:
+        task = self.tasks.get(event.experiment)
+        if task is None:
+            return
+        update = self.progress.update
+        if event.kind == "decision" and event.reason:
+            self.note(f"{event.experiment}: {event.reason}", "dim")
+        elif event.kind == "started":
+            self.progress.start_task(task)
+            self.totals[event.experiment] = event.units or 0
+            update(task, total=event.units or 0, completed=0,
+                   note=f"running -> v{event.version}")
+        elif event.kind == "unit_finished":
+            self.progress.advance(task)
+            if event.error:
+                self.note(event.describe(), "red")
+        elif event.kind == "resumed":
+            self.progress.start_task(task)
+            update(task, total=1, completed=1, note=f"[green]cached, resumed v{event.version}")
+        elif event.kind == "finished":
+            update(task, completed=self.totals.get(event.experiment, 0),
+                   note=f"[green]done -> v{event.version} ({event.duration or 0:.1f}s)")
+        elif event.kind == "failed":
+            update(task, note="[red]failed")
+            self.note(event.describe(), "red")
+        elif event.kind == "skipped":
+            self.progress.start_task(task)
+            update(task, total=1, completed=0, note="[yellow]skipped")
+            self.note(event.describe(), "yellow")
+        self.progress.refresh()
+
+
+def _select_treatments(graph: ExperimentGraph, selected: Sequence[str]) -> None:
+    """Keep only the ``selected`` treatments in every experiment (baseline always runs)."""
+    available = sorted(
+        {t.name for exp in graph.experiments.values() for t in exp.treatments} | {BASELINE}
+    )
+    for name in selected:
+        if name not in available:
+            raise UsageError(
+                f"--treatment {name}: no experiment of the graph has this treatment"
+                f"{did_you_mean(name, available)}. Treatments: {', '.join(available)}"
+            )
+    for exp in graph.experiments.values():
+        exp.treatments = [t for t in exp.treatments if t.name in selected or t.name == BASELINE]
+
+
+def cmd_run(args: argparse.Namespace, out: Console) -> int:
+    graph = _load(args.path)
+    if args.treatment:
+        _select_treatments(graph, args.treatment)
+    failure: ExperimentFailedError | None = None
+    with RunProgress(out, graph.topological_order()) as progress:
+        try:
+            results = graph.run(
+                strategy=args.strategy, replicates=args.replicates, executor=args.executor,
+                max_workers=args.workers, on_event=progress.on_event,
+            )
+        except ExperimentFailedError as exc:
+            failure, results = exc, exc.results
+        except ImportError as exc:  # an optional dependency, e.g. dask for --executor dask
+            raise UsageError(f"{exc}") from None
+    for result in results.values():
+        out.print(summary_title(result))
+        out.print(summary_table(result))
+        for line in hypothesis_lines(result):
+            out.print(Text(line))
+        for key, error in list(result.errors.items())[:3]:
+            out.print(Text(f"  {key}: {type(error).__name__}: {error}", style="red"))
+    if failure is None:
+        return EXIT_OK
+    out.print(Text(f"{len(failure.failures)} experiment(s) failed:", style="bold red"))
+    for name, cause in failure.failures.items():
+        out.print(Text(f"  {name}: {cause}", style="red"))
+    return EXIT_FAILED
+
+
+# -- status, graph, list ----------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace, out: Console) -> int:
+    from ..running import experiment_status
+
+    table = Table("experiment", "state", "version", "why")
+    for name, status in experiment_status(_load(args.path)).items():
+        version = "-" if status.version is None else f"v{status.version}"
+        table.add_row(name, Text(status.state, style=_STATE_STYLES[status.state]), version,
+                      status.reason)
+    out.print(table)
+    return EXIT_OK
+
+
+def cmd_graph(args: argparse.Namespace, out: Console) -> int:
+    from ..render import INSTALL_HINT, build_digraph, write_diagram
+
+    digraph = build_digraph(_load(args.path))
+    if args.output is None:
+        sys.stdout.write(digraph.source)
+        return EXIT_OK
+    try:
+        written, rendered = write_diagram(digraph, Path(args.output), args.format)
+    except ValueError as exc:
+        raise UsageError(f"-o {args.output}: {exc}") from None
+    out.print(f"wrote {written}")
+    if not rendered:
+        out.print(Text(INSTALL_HINT, style="yellow"))
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, out: Console) -> int:
+    table = Table("experiment", "folder", "replicates", "treatments", "reads from")
+    broken = 0
+    for config in experiment_configs(Path(args.root)):
+        folder = str(display_path(config.parent))
+        try:
+            exp = load_experiment(config)
+        except ConfigError as exc:
+            broken += 1
+            table.add_row(Text(config.parent.name, style="red"), folder, "", "",
+                          Text(f"error: {exc}", style="red"))
+            continue
+        upstreams = sorted({f"{a.producer}#{a.name}" for a in exp.consumed_artifacts()})
+        # 📈 marks graph experiments (they consume other experiments' outputs), as in the UI.
+        name = f"📈 {exp.name}" if upstreams else str(exp.name)
+        table.add_row(
+            name, folder, str(exp.replicates),
+            ", ".join(t.name for t in exp.treatments) or "-", ", ".join(upstreams) or "-",
+        )
+    out.print(table)
+    return EXIT_USAGE if broken else EXIT_OK
+
+
+# -- new --------------------------------------------------------------------------------------
+def cmd_new(args: argparse.Namespace, out: Console) -> int:
+    root = Path(args.root)
+    written = scaffold(args.name, root, args.use or [], args.output or [])
+    # The scaffold must load as it is; checking here catches a template out of step with the
+    # config rules before the user does.
+    load_experiment(written[0])
+    for path in written:
+        out.print(f"created {display_path(path)}")
+    out.print(f"next: edit steps.py, then `crystallize run {display_path(written[0].parent)}`")
+    return EXIT_OK
+
+
+# -- ui ---------------------------------------------------------------------------------------
+def cmd_ui(args: argparse.Namespace, out: Console) -> int:
+    root = Path(args.root)
+    if not root.is_dir():
+        raise UsageError(f"{args.root}: not a folder; pass the folder that holds your experiments")
+    from ..ui import run_ui
+
+    return run_ui(root, args.executor)
+
+
+# -- clean ------------------------------------------------------------------------------------
+def cmd_clean(args: argparse.Namespace, out: Console) -> int:
+    table = Table("experiment", "removed", "kept")
+    for name, exp in _load(args.path).experiments.items():
+        store = ExperimentStore(exp.store_plugin.root_dir.resolve(), name, keep=args.keep)
+        if not store.dir.exists():  # prune() would create the directory of a never-run one
+            table.add_row(name, "-", "never run")
+            continue
+        removed = store.prune()
+        kept = ", ".join(f"v{n}" for n in store.version_numbers()) or "-"
+        table.add_row(name, ", ".join(f"v{n}" for n in removed) or "-", kept)
+    out.print(table)
+    return EXIT_OK
+
+
+# -- parsing ----------------------------------------------------------------------------------
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``crystallize``."""
+    parser = argparse.ArgumentParser(
+        prog="crystallize",
+        description="Reproducible computational experiments as a DAG. PATH is a config.yaml, "
+        "an experiment folder, or a folder of experiments.",
+    )
+    parser.add_argument("--version", action="version", version=f"crystallize {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace, Console], int],
+                help: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help, description=help)
+        cmd.set_defaults(handler=handler)
+        return cmd
+
+    run = command("run", cmd_run, "run experiments, prerequisites first, with progress bars")
+    run.add_argument("path", metavar="PATH")
+    run.add_argument("--strategy", choices=("rerun", "resume"),
+                     help="override every experiment's strategy")
+    run.add_argument("--replicates", type=_positive, metavar="N",
+                     help="override every experiment's replicates")
+    run.add_argument("--workers", type=_positive, metavar="N",
+                     help="worker processes/threads (default: all cores)")
+    run.add_argument("--executor", choices=EXECUTORS, help="where units run (default: process)")
+    run.add_argument("--treatment", action="append", metavar="NAME",
+                     help="run only this treatment (repeatable; baseline always runs)")
+
+    status = command("status", cmd_status,
+                     "show each experiment as complete, stale (and why) or never run")
+    status.add_argument("path", metavar="PATH")
+
+    graph = command("graph", cmd_graph, "draw the experiment graph with Graphviz")
+    graph.add_argument("path", metavar="PATH")
+    graph.add_argument("-o", "--output", metavar="FILE",
+                       help="file to write (format from its suffix: svg, png, pdf, dot...); "
+                       "without it the DOT source is printed")
+    graph.add_argument("--format", default="svg", help="format when FILE has no suffix")
+
+    listing = command("list", cmd_list, "list the experiments in a folder of experiments")
+    listing.add_argument("root", metavar="ROOT", nargs="?", default=".")
+
+    new = command("new", cmd_new, "scaffold a folder experiment")
+    new.add_argument("name", metavar="NAME")
+    new.add_argument("--root", default="experiments", metavar="DIR",
+                     help="folder of experiments to create it in (default: experiments)")
+    new.add_argument("--use", action="append", metavar="EXPERIMENT#OUTPUT",
+                     help="wire an upstream output into datasource: (repeatable)")
+    new.add_argument("--output", action="append", metavar="ALIAS",
+                     help="declare a JSON output the example step writes (repeatable)")
+
+    ui = command("ui", cmd_ui, "open the interactive terminal UI (also: no COMMAND, in a terminal)")
+    ui.add_argument("root", metavar="ROOT", nargs="?", default=".")
+    ui.add_argument("--executor", choices=EXECUTORS, help="where units run (default: process)")
+
+    clean = command("clean", cmd_clean, "delete old stored versions")
+    clean.add_argument("path", metavar="PATH")
+    clean.add_argument("--keep", type=_positive, default=1, metavar="N",
+                       help="complete versions to keep per experiment (default: 1)")
+    return parser
+
+
+def _report(console: Console, message: str) -> None:
+    console.print(Text("error: ", style="bold red") + Text(message, style="red"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``crystallize`` command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            parser.print_help()  # no terminal to draw the UI in
+            return EXIT_OK
+        args = parser.parse_args(["ui"])
+    out, err = Console(), Console(stderr=True)
+    try:
+        return int(args.handler(args, out))
+    except (ConfigError, UsageError, ScaffoldError) as exc:
+        _report(err, str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _report(err, "interrupted")
+        return EXIT_INTERRUPTED
+

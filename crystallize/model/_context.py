@@ -1,0 +1,96 @@
+"""The per-unit context: configuration values that may be added but never overwritten."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ..errors import ContextMutationError
+
+_MISSING = object()
+#: Keys every unit sets itself; nothing else may set or replace them.
+RESERVED_KEYS = ("condition", "replicate", "seed")
+
+
+def reserved_key_message(key: str, where: str) -> str:
+    return (
+        f"{where}: context key {key!r} is reserved: every unit sets condition, replicate and "
+        "seed itself. Store the value under another key (to choose the seeds, use "
+        "SeedPlugin(seed=...))"
+    )
+
+
+class FrozenContext(Mapping[str, Any]):
+    """An append-only mapping handed to datasources and steps.
+
+    Each unit (one condition, one replicate) gets its own context holding ``condition``,
+    ``replicate``, ``seed``, the experiment's ``initial_ctx`` and the condition's treatment
+    values. Steps may add keys (``ctx["x"] = 1`` or :meth:`add`) but an existing key can never be
+    replaced, so no step can silently change what a later step sees.
+
+    Metrics are recorded with :meth:`record`; they end up in the unit's results.
+    """
+
+    __slots__ = ("_data", "_metrics", "_reads", "_runtime", "_overwrite_ok")
+
+    def __init__(self, initial: Mapping[str, Any] | None = None) -> None:
+        self._data: dict[str, Any] = dict(initial or {})
+        self._metrics: dict[str, Any] = {}
+        # Keys read while a cacheable step runs: the step cache keys on exactly these.
+        self._reads: set[str] | None = None
+        self._runtime: Any = None
+        self._overwrite_ok = False
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            value = self._data[key]
+        except KeyError:
+            known = ", ".join(sorted(self._data)) or "none"
+            raise KeyError(f"context has no key {key!r} (keys: {known})") from None
+        if self._reads is not None:
+            self._reads.add(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self._data:
+            return self[key]
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in RESERVED_KEYS and key in self._data:
+            raise ContextMutationError(reserved_key_message(key, "context"))
+        if key in self._data and not self._overwrite_ok:
+            raise ContextMutationError(
+                f"context key {key!r} is already set to {self._data[key]!r}; keys can be added "
+                "but not overwritten. Store the new value under a new key."
+            )
+        self._data[key] = value
+
+    def add(self, key: str, value: Any) -> None:
+        """Add ``key``; raises :class:`ContextMutationError` if it already exists."""
+        self[key] = value
+
+    def record(self, name: str, value: Any) -> None:
+        """Record metric ``name`` for this unit (a later value for the same name replaces it)."""
+        self._metrics[name] = value
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The metrics recorded so far in this unit."""
+        return dict(self._metrics)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain copy of the context's values."""
+        return dict(self._data)
+
+    def __repr__(self) -> str:
+        return f"FrozenContext({self._data!r})"

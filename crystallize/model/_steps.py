@@ -1,0 +1,106 @@
+"""Pipeline steps: ``@pipeline_step`` factories and the :class:`Pipeline` that chains them."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, overload
+
+from ._parameters import Parametrised, analyse_signature
+
+
+def step_dir_name(fn_name: str) -> str:
+    """On-disk name of a function step: ``produce_summary`` -> ``Produce_SummaryStep``."""
+    return fn_name.title() + "Step"
+
+
+class PipelineStep(Parametrised):
+    """One step: ``fn(data, ctx, **params)`` returning new data or ``(data, metrics)``.
+
+    Build steps with :func:`pipeline_step`. ``name`` is the directory the step's artifacts go to
+    (``Produce_SummaryStep`` for a function ``produce_summary``).
+    """
+
+    _leading = 2
+
+    def __init__(
+        self, fn: Callable[..., Any], params: Mapping[str, Any], *, cacheable: bool = False
+    ) -> None:
+        super().__init__(fn, params)
+        self.cacheable = cacheable
+        self.is_async = inspect.iscoroutinefunction(fn)
+
+    @property
+    def name(self) -> str:
+        return step_dir_name(self.fn.__name__)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{self.fn.__name__}({args})"
+
+
+@overload
+def pipeline_step(fn: Callable[..., Any], /) -> Callable[..., PipelineStep]: ...
+@overload
+def pipeline_step(
+    *, cacheable: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., PipelineStep]]: ...
+
+
+def pipeline_step(fn: Callable[..., Any] | None = None, /, *, cacheable: bool = False) -> Any:
+    """Turn ``fn(data, ctx, **params)`` into a step factory.
+
+    ``scale(factor=2)`` then returns a :class:`PipelineStep`. Use bare (``@pipeline_step``) or
+    called (``@pipeline_step(cacheable=True)``). With ``cacheable=True`` the step's outputs are
+    kept in a cache shared by every worker and run, keyed by its code, parameters, the context
+    values it reads and its input.
+    """
+
+    def wrap(func: Callable[..., Any]) -> Callable[..., PipelineStep]:
+        analyse_signature(func, 2)  # fail at decoration time on a signature we cannot read
+
+        def factory(**params: Any) -> PipelineStep:
+            return PipelineStep(func, params, cacheable=cacheable)
+
+        factory.__name__ = func.__name__
+        factory.__qualname__ = func.__qualname__
+        factory.__doc__ = func.__doc__
+        factory.__wrapped__ = func  # type: ignore[attr-defined]
+        factory.is_step_factory = True  # type: ignore[attr-defined]
+        return factory
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def as_step(obj: Any) -> PipelineStep:
+    """Accept a step, or a factory whose parameters all have values, as a pipeline entry."""
+    if isinstance(obj, PipelineStep):
+        return obj
+    if callable(obj) and getattr(obj, "is_step_factory", False):
+        return obj()
+    raise TypeError(
+        f"pipeline entries must be steps made with @pipeline_step, got {obj!r}; "
+        "decorate the function with @pipeline_step and call the factory, e.g. scale(factor=2)"
+    )
+
+
+class Pipeline:
+    """An ordered list of steps; the output of each is the input of the next."""
+
+    def __init__(self, steps: Iterable[Any]) -> None:
+        self.steps: list[PipelineStep] = [as_step(s) for s in steps]
+        if not self.steps:
+            raise ValueError("a pipeline needs at least one step")
+
+    @property
+    def is_async(self) -> bool:
+        return any(s.is_async for s in self.steps)
+
+    def __iter__(self) -> Iterator[PipelineStep]:
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.steps!r})"

@@ -1,0 +1,27 @@
+"""Planning and running: the scheduler, a node's run, units, executors, resume planning and
+the status of a graph.
+
+Works on the model (:mod:`crystallize.model`), persists through the store
+(:mod:`crystallize.store`) and decides what to rerun by fingerprints
+(:mod:`crystallize.fingerprint`).
+"""
+
+from ._executors import DaskExecutor, Executor, InlineExecutor, ProcessExecutor, ThreadExecutor
+from ._scheduler import RunOptions, Scheduler
+from ._status import Status, configured_experiments, experiment_status
+from ._unit import UnitRun, run_unit
+
+__all__ = [
+    "DaskExecutor",
+    "Executor",
+    "InlineExecutor",
+    "ProcessExecutor",
+    "RunOptions",
+    "Scheduler",
+    "Status",
+    "ThreadExecutor",
+    "UnitRun",
+    "configured_experiments",
+    "experiment_status",
+    "run_unit",
+]

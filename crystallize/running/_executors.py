@@ -1,0 +1,353 @@
+"""Executors: where units run. One small interface, several transports.
+
+An executor is an async context manager that lives for one whole graph run (so a process pool
+is started once, not per experiment) and runs one unit per :meth:`Executor.run` call. The
+scheduler decides what runs when; an executor only decides where.
+
+- :class:`InlineExecutor`: in the calling thread, one unit at a time (debugging, tiny units);
+- :class:`ThreadExecutor`: in a thread pool (steps that release the GIL, or do I/O);
+- :class:`ProcessExecutor`: in a process pool (the default for CPU-bound Python steps);
+- :class:`DaskExecutor`: on a ``dask.distributed`` cluster.
+
+Note for ``ThreadExecutor``: Python's global :mod:`random` state is shared by all threads, so
+steps that should give identical results on every executor draw from
+``random.Random(ctx["seed"])`` rather than the module-level functions.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import multiprocessing
+import os
+import sys
+import uuid
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+
+from ._unit import UnitOutcome, UnitTask, run_pickled_units, run_unit, unpack_outcome
+
+if TYPE_CHECKING:
+    from ..experiment import Experiment
+
+
+@dataclass
+class UnitJob:
+    """A unit as the scheduler hands it to an executor."""
+
+    experiment: Experiment
+    task: UnitTask
+    #: cloudpickled experiment, shared by all of its units (only for out-of-process executors)
+    blob: bytes | None = None
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def pickled(self) -> bytes:
+        """The pickled experiment an out-of-process executor sends to its worker."""
+        if self.blob is None:
+            raise RuntimeError(f"a unit of {self.experiment.name!r} came without its pickle")
+        return self.blob
+
+
+async def wait_future(fut: Any) -> Any:
+    """Await a ``concurrent.futures``-style future without tying up a thread while it runs.
+
+    The done-callback runs in whichever thread completes the future (a pool's manager thread, a
+    Dask client thread) and only *schedules* the wake-up on the event loop. It must never wait
+    for the loop: after a cancelled run the loop is gone, and a callback blocked on it would
+    hang that thread, and with it the interpreter's exit, forever.
+    """
+    event = anyio.Event()
+    token = anyio.lowlevel.current_token()
+
+    def done(_: Any) -> None:
+        # RunFinishedError (a RuntimeError): the loop has finished, nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            token.backend_class.run_sync_soon(event.set, (), token.native_token)
+
+    fut.add_done_callback(done)
+    try:
+        await event.wait()
+    except BaseException:
+        fut.cancel()
+        raise
+    return fut.result()
+
+
+class Executor:
+    """Base class of executors; see the module docstring.
+
+    A subclass overrides :meth:`run` (one unit per call), :meth:`run_batch` (several units of
+    one experiment per call, for transports where each call is a round trip), or both.
+    """
+
+    #: Name shown in provenance and progress output.
+    name: str = "executor"
+    #: Whether units cross a process boundary (and must be pickled).
+    out_of_process: bool = False
+
+    def __init__(self, max_workers: int | None = None, *, batching: bool = False) -> None:
+        cls = type(self)
+        if cls.run is Executor.run and cls.run_batch is Executor.run_batch:
+            # Each default is written in terms of the other: with neither, nothing runs.
+            raise TypeError(f"{cls.__name__} must override run() or run_batch() of Executor")
+        self.max_workers = max_workers or os.cpu_count() or 1
+        #: Whether the scheduler may send several small units of one experiment per
+        #: :meth:`run_batch` call (worth it only where each call is a round trip).
+        self.batching = batching
+
+    @property
+    def capacity(self) -> int:
+        """How many units this executor can usefully run at once."""
+        return self.max_workers
+
+    @property
+    def lookahead(self) -> int:
+        """How many units to hand over beyond :attr:`capacity`.
+
+        Executors whose units travel to other processes queue one unit ahead per worker, so
+        a worker that finishes starts its next unit at once instead of idling for a round trip
+        through the scheduler (about 2 ms per unit with a process pool).
+        """
+        return self.max_workers if self.out_of_process else 0
+
+    async def __aenter__(self) -> Executor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    def warm(self) -> None:  # noqa: B027 - optional hook, most executors need nothing
+        """Get ready for units now: called once an experiment of the run will execute, just
+        before the run first hands work to threads. Does nothing unless overridden."""
+
+    async def run(self, job: UnitJob) -> UnitOutcome:
+        """Run one unit to completion and return its outcome (by default, a batch of one)."""
+        return (await self.run_batch([job]))[0]
+
+    async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
+        """Run units of one experiment and return their outcomes, in order.
+
+        The scheduler hands over more than one only where :attr:`batching` is on (the process
+        and Dask executors, unless created with ``batching=False``), and only units it has seen
+        to be much shorter than a batch, so that one trip to a worker serves them all. By
+        default they simply run one after another.
+        """
+        return [await self.run(job) for job in jobs]
+
+
+class InlineExecutor(Executor):
+    """Runs each unit in the calling thread, one at a time."""
+
+    name = "inline"
+
+    @property
+    def capacity(self) -> int:
+        return 1
+
+    async def run(self, job: UnitJob) -> UnitOutcome:
+        outcome = run_unit(job.experiment, job.task)
+        await anyio.lowlevel.checkpoint()  # let the scheduler make progress between units
+        return outcome
+
+
+class ThreadExecutor(Executor):
+    """Runs units in worker threads (``max_workers`` at once)."""
+
+    name = "thread"
+
+    async def __aenter__(self) -> ThreadExecutor:
+        self._limiter = anyio.CapacityLimiter(self.max_workers)
+        return self
+
+    async def run(self, job: UnitJob) -> UnitOutcome:
+        return await anyio.to_thread.run_sync(
+            run_unit, job.experiment, job.task, limiter=self._limiter
+        )
+
+
+def _default_context() -> multiprocessing.context.BaseContext:
+    # fork starts workers in milliseconds and inherits sys.path and logging; elsewhere (macOS,
+    # Windows) spawn is the only safe choice. cloudpickle carries the user's functions either way.
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+class ProcessExecutor(Executor):
+    """Runs units in one process pool that lives for the whole graph run.
+
+    On cancellation (Ctrl-C, an enclosing cancel scope) the worker processes are terminated, so
+    a long unit does not keep running after the caller has given up. ``batching=False`` sends
+    every unit on its own trip to a worker, however small (see :meth:`Executor.run_batch`).
+    """
+
+    name = "process"
+    out_of_process = True
+
+    def __init__(
+        self, max_workers: int | None = None, mp_context: Any | None = None, *,
+        batching: bool = True,
+    ) -> None:
+        super().__init__(max_workers, batching=batching)
+        self.mp_context = mp_context or _default_context()
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self._warm = False
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(self.max_workers, mp_context=self.mp_context)
+
+    async def __aenter__(self) -> ProcessExecutor:
+        self._pool = self._new_pool()
+        self._warm = False
+        return self
+
+    def warm(self) -> None:
+        # Fork every worker now, while this run has no other threads: a process forked while
+        # another thread holds a lock can deadlock (Python 3.12 warns). Not at __aenter__, so
+        # that a run needing no worker (a full resume, async steps only) forks nothing. One
+        # no-op per worker, submitted at once, makes the pool fork them all right here.
+        if self._pool is not None and not self._warm:
+            self._warm = True
+            for _ in range(self.max_workers):
+                self._pool.submit(int)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if exc_info[0] is not None:
+            self._terminate(pool)
+            pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            await anyio.to_thread.run_sync(pool.shutdown)
+
+    @staticmethod
+    def _terminate(pool: cf.ProcessPoolExecutor) -> None:
+        # The pool API cannot stop a running task; terminating its workers is the only way to
+        # make cancellation prompt. ``_processes`` is stable across CPython 3.8-3.14.
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+
+    @staticmethod
+    async def _trip(pool: cf.ProcessPoolExecutor, jobs: list[UnitJob]) -> list[UnitOutcome]:
+        """One round trip to a worker of ``pool`` for units of one experiment."""
+        first = jobs[0]
+        packed = await wait_future(
+            pool.submit(run_pickled_units, first.key, first.pickled(), [j.task for j in jobs]))
+        return [unpack_outcome(p) for p in packed]
+
+    async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
+        pool = self._pool
+        assert pool is not None, "ProcessExecutor used outside 'async with'"
+        try:
+            return await self._trip(pool, jobs)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory, a crash in C code) and the pool failed every
+            # unit it held. The first unit to notice gives the rest of the run a fresh pool.
+            if self._pool is pool:
+                self._pool = self._new_pool()
+                pool.shutdown(wait=False, cancel_futures=True)
+        # Retry each alone in a new process, so that only a unit that kills its own worker is
+        # blamed and the units that merely shared the pool with it still finish.
+        return [await self._alone(job) for job in jobs]
+
+    async def _alone(self, job: UnitJob) -> UnitOutcome:
+        alone = cf.ProcessPoolExecutor(1, mp_context=self.mp_context)
+        try:
+            return (await self._trip(alone, [job]))[0]
+        except BrokenProcessPool as exc:
+            error = RuntimeError(f"worker process died while running this unit, twice: {exc}")
+            return UnitOutcome(job.task.condition, job.task.replicate, error=error)
+        except BaseException:
+            self._terminate(alone)
+            raise
+        finally:
+            alone.shutdown(wait=False, cancel_futures=True)
+
+
+class DaskExecutor(Executor):
+    """Runs units on a ``dask.distributed`` cluster.
+
+    Pass an existing ``Client``, or a scheduler ``address``; with neither, a ``LocalCluster`` of
+    ``max_workers`` single-threaded worker processes is started for the run. The store must be
+    on a filesystem every worker can reach.
+    """
+
+    name = "dask"
+    out_of_process = True
+
+    def __init__(
+        self, client: Any | None = None, *, address: str | None = None,
+        max_workers: int | None = None, batching: bool = True,
+    ) -> None:
+        super().__init__(max_workers, batching=batching)
+        self.client = client
+        self.address = address
+        self._owned: list[Any] = []
+
+    async def __aenter__(self) -> DaskExecutor:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as exc:
+            raise ImportError(
+                "executor='dask' needs dask.distributed: pip install 'crystallize[dask]'"
+            ) from exc
+        client: Any = self.client
+        if client is None:
+            def connect() -> Any:
+                if self.address is not None:
+                    return Client(self.address)
+                cluster = LocalCluster(
+                    n_workers=self.max_workers, threads_per_worker=1, processes=True,
+                    dashboard_address=None,
+                )
+                self._owned.append(cluster)
+                return Client(cluster)
+
+            client = await anyio.to_thread.run_sync(connect)
+            self.client = client
+            self._owned.insert(0, client)
+        workers = len(client.scheduler_info().get("workers", {}))
+        if workers:
+            self.max_workers = workers
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        owned, self._owned = self._owned, []
+        for obj in owned:
+            await anyio.to_thread.run_sync(obj.close)
+        if owned:
+            self.client = None
+
+    async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
+        first = jobs[0]
+        assert self.client is not None, "run_batch outside `async with DaskExecutor()`"
+        fut = self.client.submit(run_pickled_units, first.key, first.pickled(),
+                                 [j.task for j in jobs], pure=False)
+        return [unpack_outcome(p) for p in await wait_future(fut)]
+
+
+_BY_NAME: dict[str, type[Executor]] = {
+    "inline": InlineExecutor,
+    "thread": ThreadExecutor,
+    "process": ProcessExecutor,
+    "dask": DaskExecutor,
+}
+
+
+def resolve_executor(executor: str | Executor | None, max_workers: int | None) -> Executor:
+    """An executor object from a name (``"process"``, ``"thread"``, ``"inline"``, ``"dask"``)."""
+    if isinstance(executor, Executor):
+        return executor
+    name = executor or "process"
+    try:
+        cls = _BY_NAME[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown executor {name!r}; use one of {sorted(_BY_NAME)} or an Executor object"
+        ) from None
+    return cls(max_workers=max_workers)

@@ -1,0 +1,251 @@
+"""The graph scheduler: one anyio task group runs the whole graph.
+
+Every experiment gets a task that waits for its upstreams, then plans, dispatches and publishes
+its run. Units from all running experiments go into one priority queue drained by as many
+dispatcher tasks as the executor has workers, so independent branches, conditions and
+replicates overlap freely and no experiment waits for an unrelated one (there are no
+level-by-level barriers). Units on the longest remaining path (weighted by unit count) go first.
+Pipelines with ``async`` steps do not use the queue: their units run on the event loop
+concurrently.
+
+Units of one experiment that prove much shorter than a round trip is worth (measured on the
+first ones) travel to out-of-process executors in batches of about :data:`BATCH_SECONDS` of
+work, never so large that the workers would not all get a share of what is left.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ..errors import ExperimentFailedError
+from ..fingerprint import snapshot
+from ..model import Event, Treatment, check_replicates, check_strategy
+from ..store import LeaseBook
+from ._executors import Executor, UnitJob, resolve_executor
+from ._node import ExperimentRun, ExperimentRunFailed
+from ._unit import UnitOutcome
+
+if TYPE_CHECKING:
+    from ..experiment import Experiment, ExperimentGraph
+    from ..model import Result
+
+#: How much work (unit wall time in the workers) a batch of small units should add up to.
+BATCH_SECONDS = 0.05
+#: The most units one batch carries, however small they are.
+MAX_BATCH = 256
+
+
+@dataclass
+class RunOptions:
+    """Options of one ``run``/``arun`` call, validated."""
+
+    treatments: list[Treatment] | None
+    replicates: int | None
+    strategy: str | None
+    executor: Executor
+    on_event: Callable[[Event], Any] | None
+
+    @classmethod
+    def build(
+        cls, *, treatments: Iterable[Treatment] | None, replicates: int | None,
+        strategy: str | None, executor: str | Executor | None, max_workers: int | None,
+        on_event: Callable[[Event], Any] | None,
+    ) -> RunOptions:
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+            raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
+        return cls(
+            treatments=None if treatments is None else list(treatments),
+            replicates=None if replicates is None else check_replicates(replicates, "run()"),
+            strategy=None if strategy is None else check_strategy(strategy, "run()"),
+            executor=resolve_executor(executor, max_workers),
+            on_event=on_event,
+        )
+
+
+class _Outcome:
+    """Where a dispatched unit's outcome is delivered."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: MemoryObjectSendStream[UnitOutcome]) -> None:
+        self.stream = stream
+
+
+class Scheduler:
+    """Runs one graph once; create a new one per run."""
+
+    def __init__(self, graph: ExperimentGraph, options: RunOptions) -> None:
+        self.graph = graph
+        self.options = options
+        self.executor = options.executor
+        self.results: dict[str, Result] = {}
+        self.failures: dict[str, str] = {}
+        self._skipped: dict[str, str] = {}
+        self._done = {name: anyio.Event() for name in graph.experiments}
+        self._configured: dict[str, Experiment] = {}
+        self._heap: list[tuple[float, int, UnitJob, _Outcome]] = []
+        self._seq = itertools.count()
+        self._ready = anyio.Semaphore(0)
+        self._books: dict[Path, LeaseBook] = {}
+        self._background: TaskGroup | None = None
+        self._rank: dict[str, float] = {}
+        self._queued: dict[str, int] = {}
+        #: per experiment: units finished so far and their total wall time in the workers
+        self._walls: dict[str, tuple[int, float]] = {}
+
+    # -- configuration ----------------------------------------------------------------------
+    def _configure(self, name: str) -> Experiment:
+        """The experiment as it runs: graph overrides and inherited treatments applied."""
+        exp = self.graph.experiments[name]
+        opts = self.options
+        if opts.treatments is not None:
+            treatments = opts.treatments
+        else:
+            merged: dict[str, Treatment] = {}
+            for parent in self.graph.upstream(name):
+                for t in self._configured[parent].treatments:
+                    merged.setdefault(t.name, t)
+            merged.update({t.name: t for t in exp.treatments})
+            treatments = list(merged.values())
+        configured = exp.with_overrides(
+            treatments=treatments, replicates=opts.replicates, strategy=opts.strategy
+        )
+        self._configured[name] = configured
+        return configured
+
+    def _rank_nodes(self) -> None:
+        """Longest remaining path from each node, weighted by its unit count."""
+        order = self.graph.topological_order()
+        for name in reversed(order):
+            exp = self.graph.experiments[name]
+            weight = (len(exp.treatments) + 1) * (self.options.replicates or exp.replicates)
+            below = [self._rank[c] for c in self.graph.downstream(name)]
+            self._rank[name] = weight + (max(below) if below else 0)
+
+    # -- the store ------------------------------------------------------------------------
+    def book(self, root: Path) -> LeaseBook:
+        """This run's lease book for a store root (opened on first use)."""
+        book = self._books.get(root)
+        if book is None:
+            book = self._books[root] = LeaseBook(root)
+        return book
+
+    def discard(self, paths: list[Path]) -> None:
+        """Delete retired version directories in the background."""
+        if paths and self._background is not None:
+            for path in paths:
+                remove = functools.partial(shutil.rmtree, path, ignore_errors=True)
+                self._background.start_soon(anyio.to_thread.run_sync, remove)
+
+    # -- events -----------------------------------------------------------------------------
+    def emit(self, exp: Experiment, event: Event) -> None:
+        for plugin in exp.plugins:
+            plugin.on_event(exp, event)
+        if self.options.on_event is not None:
+            self.options.on_event(event)
+
+    # -- the unit queue ---------------------------------------------------------------------
+    def submit(self, experiment: str, job: UnitJob, stream: MemoryObjectSendStream[UnitOutcome]):
+        """Queue one unit; its outcome is sent to ``stream`` when it finishes."""
+        priority = -self._rank.get(experiment, 0)
+        heapq.heappush(self._heap, (priority, next(self._seq), job, _Outcome(stream)))
+        self._queued[experiment] = self._queued.get(experiment, 0) + 1
+        self._ready.release()
+
+    def batch_size(self, experiment: str) -> int:
+        """How many of ``experiment``'s queued units the next trip to a worker should carry."""
+        count, wall = self._walls.get(experiment, (0, 0.0))
+        if not self.executor.batching or count < 2:
+            return 1
+        by_time = int(BATCH_SECONDS * count / max(wall, 1e-9))
+        by_share = self._queued.get(experiment, 0) // (2 * self.executor.capacity)
+        return max(1, min(by_time, by_share, MAX_BATCH))
+
+    async def _dispatcher(self) -> None:
+        while True:
+            await self._ready.acquire()
+            _, _, job, target = heapq.heappop(self._heap)
+            name = job.experiment.name or ""
+            batch = [(job, target)]
+            size = self.batch_size(name)
+            # Units of one experiment have one priority, so they sit together at the top.
+            heap = self._heap
+            while len(batch) < size and heap and heap[0][2].experiment is job.experiment:
+                self._ready.acquire_nowait()
+                batch.append(heapq.heappop(heap)[2:])
+            self._queued[name] -= len(batch)
+            jobs = [j for j, _ in batch]
+            try:
+                outcomes = await self.executor.run_batch(jobs)
+            except Exception as exc:  # the executor itself failed for these units
+                outcomes = [UnitOutcome(j.task.condition, j.task.replicate, error=exc)
+                            for j in jobs]
+            count, wall = self._walls.get(name, (0, 0.0))
+            self._walls[name] = (count + len(outcomes), wall + sum(o.wall for o in outcomes))
+            for (_, out), outcome in zip(batch, outcomes, strict=True):
+                out.stream.send_nowait(outcome)
+
+    # -- running ----------------------------------------------------------------------------
+    async def _node(self, name: str) -> None:
+        try:
+            for parent in self.graph.upstream(name):
+                await self._done[parent].wait()
+            blocked = [p for p in self.graph.upstream(name) if p not in self.results
+                       or self.results[p].failed]
+            exp = self._configure(name)
+            if blocked:
+                why = ", ".join(
+                    f"{p} {'failed' if p in self.failures else 'was skipped'}" for p in blocked
+                )
+                reason = f"upstream {why}"
+                self._skipped[name] = reason
+                self.failures[name] = f"skipped: {reason}"
+                self.emit(exp, Event("skipped", name, reason=reason))
+                return
+            try:
+                self.results[name] = await ExperimentRun(self, exp).execute()
+            except ExperimentRunFailed as exc:
+                self.results[name] = exc.result
+                self.failures[name] = exc.cause
+                self.emit(exp, Event("failed", name, error=exc.cause))
+            except Exception as exc:
+                cause = f"{type(exc).__name__}: {exc}"
+                self.failures[name] = cause
+                self.emit(exp, Event("failed", name, error=cause))
+        finally:
+            self._done[name].set()
+
+    async def run(self) -> dict[str, Result]:
+        self._rank_nodes()
+        order = self.graph.topological_order()
+        try:
+            # Nothing is edited mid-run, so each step function is fingerprinted once per run.
+            with snapshot():
+                async with self.executor, anyio.create_task_group() as background:
+                    self._background = background
+                    async with anyio.create_task_group() as dispatchers:
+                        for _ in range(max(1, self.executor.capacity + self.executor.lookahead)):
+                            dispatchers.start_soon(self._dispatcher)
+                        async with anyio.create_task_group() as nodes:
+                            for name in order:
+                                nodes.start_soon(self._node, name)
+                        dispatchers.cancel_scope.cancel()
+        finally:
+            for book in self._books.values():
+                book.close()
+        results = {name: self.results[name] for name in order if name in self.results}
+        if self.failures:
+            raise ExperimentFailedError(self.failures, results)
+        return results
+

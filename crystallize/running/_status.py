@@ -1,0 +1,113 @@
+"""What a ``resume`` run of a graph would do with each experiment, without running anything.
+
+Shared by ``crystallize status`` and the graph diagram. The decision is the resume path's own
+(:func:`~crystallize.resume.plan_run` on the newest complete stored version), so the two can
+never disagree: an experiment is *complete* when a resume would reuse its stored run, *stale*
+when it would rerun (with the reason), and *never run* when the store holds no complete run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from ..model import BASELINE
+from ..store import ExperimentStore, StoredVersion
+from ._resume import experiment_fingerprint, plan_run
+
+if TYPE_CHECKING:
+    from ..experiment import Experiment, ExperimentGraph
+
+State = Literal["complete", "stale", "never run"]
+
+
+@dataclass(frozen=True)
+class Status:
+    """One experiment's state in the store.
+
+    ``version`` is the newest complete stored version (None when there is none); ``reason``
+    says why a stale experiment would rerun, or what a complete one would reuse.
+    """
+
+    state: State
+    reason: str
+    version: int | None = None
+
+    def describe(self) -> str:
+        """A one-line description, e.g. ``complete (v3)`` or ``stale: treatment changed``."""
+        if self.state == "complete":
+            return f"complete (v{self.version})"
+        if self.state == "stale":
+            return f"stale: {self.reason}"
+        return "never run"
+
+
+def configured_experiments(graph: ExperimentGraph) -> dict[str, Experiment]:
+    """Every experiment of ``graph`` as a run configures it, in topological order.
+
+    That is, with the treatments it inherits from its upstreams.
+    """
+    from ._scheduler import RunOptions, Scheduler
+
+    options = RunOptions.build(
+        treatments=None, replicates=None, strategy=None, executor="inline", max_workers=None,
+        on_event=None,
+    )
+    # The scheduler owns the inheritance rules; asking it keeps this view identical to a run.
+    scheduler = Scheduler(graph, options)
+    return {name: scheduler._configure(name) for name in graph.topological_order()}
+
+
+def upstream_origins(
+    experiment: Experiment, stored: Mapping[str, StoredVersion | None]
+) -> dict[str, dict[str, str]]:
+    """Per condition of ``experiment``, the origin token of each upstream run it would read.
+
+    ``stored`` maps each producer to the version that would be read; a condition the producer
+    never ran reads the producer's baseline, as at run time.
+    """
+    origins: dict[str, dict[str, str]] = {}
+    for producer in dict.fromkeys(a.producer or "" for a in experiment.consumed_artifacts()):
+        version = stored.get(producer)
+        if version is None:
+            continue
+        produced = {
+            c: info.get("origin") for c, info in version.metadata.get("conditions", {}).items()
+        }
+        for condition in experiment.conditions:
+            read = condition if condition in produced else BASELINE
+            origins.setdefault(condition, {})[producer] = produced.get(read) or "missing"
+    return origins
+
+
+def experiment_status(graph: ExperimentGraph) -> dict[str, Status]:
+    """The :class:`Status` of every experiment of ``graph``, in topological order.
+
+    Reads the store only (``metadata.json`` and the completion markers of the newest complete
+    version); nothing is run, locked or written.
+    """
+    statuses: dict[str, Status] = {}
+    newest: dict[str, StoredVersion | None] = {}
+    for name, exp in configured_experiments(graph).items():
+        root = exp.store_plugin.root_dir.resolve()
+        stored = newest[name] = ExperimentStore(root, name).newest_complete()
+        for art in exp.consumed_artifacts():
+            producer = art.producer or ""
+            if producer not in newest:  # produced outside the graph: read from disk at run time
+                newest[producer] = ExperimentStore(root, producer).newest_complete()
+        if stored is None:
+            statuses[name] = Status("never run", "no complete run in the store")
+            continue
+        rerunning = [p for p in graph.upstream(name) if statuses[p].state != "complete"]
+        if rerunning:
+            why = ", ".join(f"{p} is {statuses[p].state}" for p in rerunning)
+            statuses[name] = Status("stale", f"upstream {why}", stored.number)
+            continue
+        plan = plan_run(
+            exp, strategy="resume", stored=stored, fingerprint=experiment_fingerprint(exp),
+            upstream_origins=upstream_origins(exp, newest),
+        )
+        state: State = "complete" if plan.fully_reused else "stale"
+        statuses[name] = Status(state, plan.reason, stored.number)
+    return statuses

@@ -1,0 +1,294 @@
+"""One unit: a single (condition, replicate) pass through an experiment's pipeline.
+
+This is the code that runs inside executors (worker processes, threads, Dask workers or the
+event loop), so everything it receives and returns is picklable and self-contained.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import cloudpickle
+
+from ..errors import MissingArtifactError, PicklingError, UnitError
+from ..model import BASELINE, FrozenContext
+
+if TYPE_CHECKING:
+    from ..experiment import Experiment
+    from ..model import Artifact, PipelineStep
+
+
+@dataclass(frozen=True)
+class UpstreamView:
+    """What a consumer's units need to know about one upstream run to read its artifacts."""
+
+    experiment: str
+    version: int
+    path: str
+    replicates: int
+    #: condition -> artifact file name -> relative path per replicate (None where missing)
+    artifacts: dict[str, dict[str, list[str | None]]]
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """Everything a unit needs besides the experiment itself."""
+
+    condition: str
+    replicate: int
+    seed: int
+    version_path: str
+    upstreams: dict[str, UpstreamView]
+    cache_dir: str | None = None
+
+
+@dataclass
+class UnitOutcome:
+    """What a unit returns: metrics, artifact paths (relative to the version), error, timings."""
+
+    condition: str
+    replicate: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    error: BaseException | None = None
+    traceback: str | None = None
+    steps: list[tuple[str, float]] = field(default_factory=list)
+    cpu: float = 0.0
+    wall: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.condition}_rep_{self.replicate}"
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else a :class:`UnitError` carrying its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return UnitError(type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc)))
+
+
+class UnitRun:
+    """State of one unit while its pipeline executes; also the sink its artifacts write to."""
+
+    def __init__(self, experiment: Experiment, task: UnitTask) -> None:
+        self.experiment = experiment
+        self.task = task
+        self.outcome = UnitOutcome(task.condition, task.replicate)
+        self.version_path = Path(task.version_path)
+        self._step: PipelineStep | None = None
+        self._captured: list[tuple[str, bytes]] | None = None
+        self._t0 = time.perf_counter()
+        self._c0 = time.thread_time()
+
+    # -- the runtime the context exposes to artifacts ---------------------------------------
+    def artifact_path(self, artifact: Artifact, ctx: FrozenContext) -> Path:
+        view = self.task.upstreams.get(artifact.producer or "")
+        if view is None:
+            raise MissingArtifactError(
+                f"{self.experiment.name}: artifact {artifact!r} has no complete upstream run in "
+                f"the store; run experiment {artifact.producer!r} first",
+                producer=artifact.producer,
+            )
+        condition = self.task.condition
+        if artifact.name not in view.artifacts.get(condition, {}):
+            if condition != BASELINE:
+                self.outcome.notes.append(
+                    f"{view.experiment} has no condition {condition!r}; "
+                    f"reading its baseline {artifact.name}"
+                )
+            condition = BASELINE
+        per_rep = view.artifacts.get(condition, {}).get(artifact.name)
+        if per_rep is None:
+            raise MissingArtifactError(
+                f"{view.experiment} v{view.version} has no artifact {artifact.name!r} "
+                f"(missing path: {Path(view.path) / condition}/.../{artifact.name}); check that a "
+                f"step of {view.experiment} writes it",
+                producer=view.experiment, path=Path(view.path) / condition,
+            )
+        rep = self.task.replicate % view.replicates
+        rel = per_rep[rep] if rep < len(per_rep) else None
+        if rel is None:
+            raise MissingArtifactError(
+                f"{view.experiment} v{view.version}: replicate {rep} of {condition} wrote no "
+                f"{artifact.name!r} (that unit failed or skipped the write)",
+                producer=view.experiment, path=Path(view.path) / condition,
+            )
+        return Path(view.path) / rel
+
+    def check_replicates_agree(self, artifacts: list[Artifact]) -> None:
+        seen: dict[str, int] = {}
+        for art in artifacts:
+            view = self.task.upstreams.get(art.producer or "")
+            if view is None:
+                continue
+            if seen.setdefault(view.experiment, view.replicates) != view.replicates:
+                raise ValueError(
+                    f"ExperimentInput: artifacts from {view.experiment!r} disagree on its "
+                    f"replicate count ({seen[view.experiment]} vs {view.replicates}); rerun "
+                    f"{view.experiment!r} so all its artifacts come from one run"
+                )
+
+    def write_artifact(self, artifact: Artifact, payload: bytes) -> Path:
+        from ..store import atomic_write
+
+        step = self._step.name if self._step is not None else "datasource"
+        rel = f"replicate_{self.task.replicate}/{self.task.condition}/{step}/{artifact.name}"
+        path = self.version_path / rel
+        atomic_write(path, payload, fsync=self.experiment.store_plugin.fsync)
+        self.outcome.artifacts[artifact.name] = rel
+        if self._captured is not None:
+            self._captured.append((artifact.name, payload))
+        return path
+
+    # -- the pipeline -----------------------------------------------------------------------
+    def begin(self) -> tuple[FrozenContext, Any]:
+        exp = self.experiment
+        ctx = FrozenContext(exp.initial_ctx)
+        # Reserved keys first, so that a treatment trying to replace one fails loudly.
+        ctx._data.update(condition=self.task.condition, replicate=self.task.replicate,
+                         seed=self.task.seed)
+        treatment = exp.treatment_map.get(self.task.condition)
+        if treatment is not None:
+            treatment.apply(ctx)
+        ctx._runtime = self
+        exp.seed_plugin.apply(self.task.seed)
+        for plugin in exp.plugins:
+            plugin.before_replicate(exp, ctx)
+        return ctx, exp.datasource.fetch(ctx)
+
+    def arguments(self, step: PipelineStep, data: Any, ctx: FrozenContext) -> tuple[Any, ...]:
+        self._step = step
+        for plugin in self.experiment.plugins:
+            plugin.before_step(self.experiment, step)
+        return step.leading_args(data, ctx)
+
+    def bind(self, alias: str, given: Artifact | None) -> Artifact:
+        artifact = given if given is not None else self.experiment.output_for(alias)
+        return artifact.bind(self)
+
+    def absorb(self, step: PipelineStep, result: Any, ctx: FrozenContext, started: float) -> Any:
+        """Record a step's result; returns the data for the next step."""
+        data, metrics = result, None
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict):
+            data, metrics = result
+        if metrics:
+            for name, value in metrics.items():
+                ctx.record(name, value)
+        self.outcome.steps.append((step.name, time.perf_counter() - started))
+        for plugin in self.experiment.plugins:
+            plugin.after_step(self.experiment, step, data, ctx)
+        self._step = None
+        return data
+
+    def fail(self, exc: BaseException) -> None:
+        self.outcome.error = _portable(exc)
+        self.outcome.traceback = "".join(traceback.format_exception(exc))
+
+    def finish(self, ctx: FrozenContext | None) -> UnitOutcome:
+        if ctx is not None:
+            self.outcome.metrics = ctx.metrics
+        self.outcome.wall = time.perf_counter() - self._t0
+        self.outcome.cpu = time.thread_time() - self._c0
+        return self.outcome
+
+
+def _call_step(run: UnitRun, step: PipelineStep, data: Any, ctx: FrozenContext) -> Any:
+    args = run.arguments(step, data, ctx)
+    if step.cacheable and run.task.cache_dir:
+        from ..store import StepCache
+
+        return StepCache(Path(run.task.cache_dir)).call(run, step, data, ctx, args)
+    return step.fn(*args, **step.resolve(ctx, run.bind))
+
+
+def run_unit(experiment: Experiment, task: UnitTask) -> UnitOutcome:
+    """Execute one unit synchronously; never raises for errors inside the unit."""
+    run = UnitRun(experiment, task)
+    ctx = None
+    try:
+        ctx, data = run.begin()
+        for step in experiment.pipeline.steps:
+            started = time.perf_counter()
+            data = run.absorb(step, _call_step(run, step, data, ctx), ctx, started)
+    except Exception as exc:
+        run.fail(exc)
+    return run.finish(ctx)
+
+
+async def arun_unit(experiment: Experiment, task: UnitTask) -> UnitOutcome:
+    """Execute one unit of a pipeline with ``async`` steps on the running event loop.
+
+    Async steps are awaited here, so many units overlap; sync steps of the same pipeline run in
+    a worker thread so they do not stall the loop.
+    """
+    run = UnitRun(experiment, task)
+    ctx = None
+    try:
+        ctx, data = run.begin()
+        for step in experiment.pipeline.steps:
+            started = time.perf_counter()
+            if step.is_async:
+                args = run.arguments(step, data, ctx)
+                result = await step.fn(*args, **step.resolve(ctx, run.bind))
+            else:
+                result = await anyio.to_thread.run_sync(_call_step, run, step, data, ctx)
+            data = run.absorb(step, result, ctx, started)
+    except Exception as exc:
+        run.fail(exc)
+    return run.finish(ctx)
+
+
+_SPECS: dict[str, Experiment] = {}
+
+
+def run_pickled_units(key: str, blob: bytes, tasks: list[UnitTask]) -> list[bytes]:
+    """Worker-process entry point: unpickle the experiment once per worker, run its units.
+
+    Several units of one experiment may come in one call (a batch: one round trip for units
+    too small to be worth one each). Each outcome is pickled here rather than by the pool, so
+    that a metric value that cannot travel back is reported by name, as that unit's error,
+    instead of as a bare pickling error for the whole call. :func:`unpack_outcome` reads them.
+    """
+    experiment = _SPECS.get(key)
+    if experiment is None:
+        if len(_SPECS) > 256:
+            _SPECS.clear()
+        experiment = _SPECS[key] = cloudpickle.loads(blob)
+    return [_packed(experiment, run_unit(experiment, task)) for task in tasks]
+
+
+def _packed(experiment: Experiment, outcome: UnitOutcome) -> bytes:
+    try:
+        return cloudpickle.dumps(outcome)
+    except Exception as exc:
+        bad = []
+        for name, value in outcome.metrics.items():
+            try:
+                cloudpickle.dumps(value)
+            except Exception:
+                bad.append(name)
+        outcome.metrics = {k: v for k, v in outcome.metrics.items() if k not in bad}
+        outcome.error = PicklingError(
+            f"experiment {experiment.name!r}: metric(s) {bad} hold values that cannot be sent "
+            f"back from the worker process ({exc}); record picklable values (numbers, strings, "
+            "lists, arrays), or run with executor='thread' or 'inline'"
+            if bad else f"experiment {experiment.name!r}: the unit's outcome cannot be sent "
+            f"back from the worker process: {exc}"
+        )
+        return cloudpickle.dumps(outcome)
+
+
+def unpack_outcome(data: bytes) -> UnitOutcome:
+    """A :class:`UnitOutcome` a worker returned from :func:`run_pickled_units`."""
+    outcome: UnitOutcome = pickle.loads(data)
+    return outcome
