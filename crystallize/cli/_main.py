@@ -28,7 +28,7 @@ from rich.text import Text
 
 from .._version import __version__
 from ..config import did_you_mean, display_path, experiment_configs, load_experiment, scaffold
-from ..errors import ConfigError, ExperimentFailedError, ScaffoldError
+from ..errors import ConfigError, ExperimentFailedError, GraphError, ScaffoldError
 from ..experiment import ExperimentGraph
 from ..model import BASELINE, Event
 from ..render import hypothesis_lines, summary_table, summary_title
@@ -46,9 +46,7 @@ class UsageError(Exception):
 def _load(path: str) -> ExperimentGraph:
     try:
         return ExperimentGraph.from_yaml(path)
-    except ConfigError:
-        raise
-    except ValueError as exc:  # graph construction: cycles, duplicate names, missing producers
+    except GraphError as exc:  # cycles, duplicate names, missing producers
         raise UsageError(f"{display_path(Path(path))}: {exc}") from None
 
 

@@ -189,9 +189,6 @@ class Experiment:
     def seed_plugin(self) -> SeedPlugin:
         return next((p for p in self.plugins if isinstance(p, SeedPlugin)), _DEFAULT_SEED)
 
-    def get_plugin(self, kind: type[BasePlugin]) -> BasePlugin | None:
-        return next((p for p in self.plugins if isinstance(p, kind)), None)
-
     def consumed_artifacts(self) -> list[Artifact]:
         return self.datasource.artifacts()
 

@@ -50,14 +50,6 @@ class HypothesisResult:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     ranking: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "metrics": self.metrics,
-            "results": self.results,
-            "ranking": self.ranking,
-        }
-
 
 class Hypothesis:
     """A verifier applied to chosen metrics, plus a ranker ``fn(verifier_output) -> float``.

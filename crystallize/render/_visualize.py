@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import graphviz
 
-from ..running import Status, configured_experiments, experiment_status
+from ..running import Status, configure, experiment_status
 
 if TYPE_CHECKING:
     from ..experiment import ExperimentGraph
@@ -54,7 +54,7 @@ def build_digraph(
     :param rankdir: the layout direction (``LR`` left to right, ``TB`` top to bottom)
     :param graph_attr: further Graphviz graph attributes, e.g. ``bgcolor="white"``
     """
-    experiments = configured_experiments(graph)
+    experiments = configure(graph)
     statuses = experiment_status(graph) if show_state else {}
     digraph = graphviz.Digraph(
         "crystallize",

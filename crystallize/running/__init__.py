@@ -6,9 +6,10 @@ Works on the model (:mod:`crystallize.model`), persists through the store
 (:mod:`crystallize.fingerprint`).
 """
 
+from ._configure import configure
 from ._executors import DaskExecutor, Executor, InlineExecutor, ProcessExecutor, ThreadExecutor
 from ._scheduler import RunOptions, Scheduler
-from ._status import Status, configured_experiments, experiment_status
+from ._status import Status, experiment_status
 from ._unit import UnitRun, run_unit
 
 __all__ = [
@@ -21,7 +22,7 @@ __all__ = [
     "Status",
     "ThreadExecutor",
     "UnitRun",
-    "configured_experiments",
+    "configure",
     "experiment_status",
     "run_unit",
 ]

@@ -6,6 +6,8 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,14 +17,16 @@ from filelock import FileLock, Timeout
 
 from ..errors import PicklingError, UnitError
 from ..model import BASELINE, ConditionMetrics, Event, ExperimentMetrics, Result
-from ..store import ExperimentStore, StoredVersion
+from ..store import ExperimentStore, LeaseBook, StoredVersion
 from ._executors import UnitJob
 from ._resume import Plan, experiment_fingerprint, plan_run, treatment_fingerprint
 from ._unit import UnitOutcome, UnitTask, UpstreamView, arun_unit
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectSendStream
+
     from ..experiment import Experiment
-    from ._scheduler import Scheduler
+    from ._executors import Executor
 
 
 class ExperimentRunFailed(Exception):
@@ -150,11 +154,28 @@ def upstream_view(result: Result) -> UpstreamView:
     )
 
 
+@dataclass(frozen=True)
+class NodeInputs:
+    """All one experiment's run receives from the graph run around it."""
+
+    #: the results of its upstream experiments that this graph run produced, by name
+    upstream_results: Mapping[str, Result]
+    #: the graph run's lease book for a store root
+    book: Callable[[Path], LeaseBook]
+    executor: Executor
+    #: report an event of the experiment to its plugins and to the caller
+    emit: Callable[[Experiment, Event], None]
+    #: queue a unit (under the experiment's name); its outcome is sent to the stream
+    submit: Callable[[str, UnitJob, MemoryObjectSendStream[UnitOutcome]], None]
+    #: delete retired version directories in the background
+    discard: Callable[[list[Path]], None]
+
+
 class ExperimentRun:
     """Runs (or resumes) one configured experiment for the scheduler."""
 
-    def __init__(self, scheduler: Scheduler, exp: Experiment) -> None:
-        self.scheduler = scheduler
+    def __init__(self, inputs: NodeInputs, exp: Experiment) -> None:
+        self.inputs = inputs
         self.exp = exp
         plugin = exp.store_plugin
         self.store = ExperimentStore(
@@ -171,7 +192,7 @@ class ExperimentRun:
             producer = art.producer or ""
             if producer in views:
                 continue
-            result = self.scheduler.results.get(producer)
+            result = self.inputs.upstream_results.get(producer)
             if result is None:
                 result = self._load_external(producer)
                 if result is None:
@@ -191,7 +212,7 @@ class ExperimentRun:
 
     def _claim_newest(self, store: ExperimentStore) -> StoredVersion | None:
         """The newest complete version, claimed for this run (a pruner may race us: retry)."""
-        book = self.scheduler.book(store.root)
+        book = self.inputs.book(store.root)
         for _ in range(3):
             stored = store.newest_complete()
             if stored is None or store.claim(book, stored):
@@ -225,7 +246,7 @@ class ExperimentRun:
         return self._resumed(plan)
 
     def _decided(self, plan: Plan) -> None:
-        self.scheduler.emit(self.exp, Event("decision", self.exp.name or "", reason=plan.reason))
+        self.inputs.emit(self.exp, Event("decision", self.exp.name or "", reason=plan.reason))
 
     def _resumed(self, plan: Plan) -> Result:
         assert plan.source is not None
@@ -235,14 +256,14 @@ class ExperimentRun:
             provenance=_provenance(source.metadata), reason=plan.reason,
             reused=list(plan.reuse),
         )
-        self.scheduler.emit(self.exp, Event("resumed", self.exp.name or "", version=source.number,
+        self.inputs.emit(self.exp, Event("resumed", self.exp.name or "", version=source.number,
                                             reason=plan.reason))
         for plugin in self.exp.plugins:
             plugin.after_run(self.exp, result)
         return result
 
     def _blob(self) -> bytes | None:
-        if not self.scheduler.executor.out_of_process or self.exp.pipeline.is_async:
+        if not self.inputs.executor.out_of_process or self.exp.pipeline.is_async:
             return None
         try:
             return cloudpickle.dumps(self.exp)
@@ -257,16 +278,16 @@ class ExperimentRun:
         self, plan: Plan, views: dict[str, UpstreamView], origins: dict[str, dict[str, str]],
         fingerprint: dict[str, Any],
     ) -> Result:
-        exp, sched = self.exp, self.scheduler
+        exp, inputs = self.exp, self.inputs
         name = exp.name or ""
         blob = self._blob()
         for plugin in exp.plugins:
             plugin.before_run(exp)
         started = time.time()
         seeds = [exp.seed_plugin.replicate_seed(name, r) for r in range(exp.replicates)]
-        book = sched.book(self.store.root)
+        book = inputs.book(self.store.root)
         if not exp.pipeline.is_async:
-            sched.executor.warm()  # before this run's first thread hop, just below
+            inputs.executor.warm()  # before this run's first thread hop, just below
         # File-system work runs in threads: on slow disks it is most of a tiny node's cost, and
         # other experiments' units and writes can proceed meanwhile. If the run is cancelled or
         # breaks from here on, the version never gets its metadata.json, so nothing treats it
@@ -280,7 +301,7 @@ class ExperimentRun:
                     writer.reuse(source, condition, replicates)
 
             await anyio.to_thread.run_sync(reuse)
-        sched.emit(exp, Event("started", name, units=plan.units, version=writer.number,
+        inputs.emit(exp, Event("started", name, units=plan.units, version=writer.number,
                               reason=plan.reason))
         cache_dir = str(self.store.root / ".crystallize_cache") if any(
             s.cacheable for s in exp.pipeline.steps) else None
@@ -325,7 +346,7 @@ class ExperimentRun:
             "seeds": seeds,
             "strategy": exp.strategy,
             "reason": plan.reason,
-            "executor": sched.executor.name,
+            "executor": inputs.executor.name,
             "timings": {
                 "started": started, "finished": finished, "duration": finished - started,
                 "unit_cpu": sum(o.cpu for o in executed_units),
@@ -353,8 +374,9 @@ class ExperimentRun:
             raise ExperimentRunFailed(
                 f"all {len(executed_units)} unit(s) failed; first error: "
                 f"{type(first).__name__}: {first}", result)
-        sched.discard(retired)
-        sched.emit(exp, Event("finished", name, version=writer.number, duration=finished - started))
+        inputs.discard(retired)
+        inputs.emit(exp, Event("finished", name, version=writer.number,
+                               duration=finished - started))
         for plugin in exp.plugins:
             plugin.after_run(exp, result)
         return result
@@ -363,7 +385,7 @@ class ExperimentRun:
         self, plan: Plan, seeds: list[int], views: dict[str, UpstreamView], version_path: Path,
         cache_dir: str | None, key: str, blob: bytes | None,
     ) -> dict[str, dict[int, UnitOutcome]]:
-        exp, sched = self.exp, self.scheduler
+        exp, inputs = self.exp, self.inputs
         name = exp.name or ""
         jobs = [
             UnitJob(exp, UnitTask(cond, rep, seeds[rep], str(version_path), views, cache_dir),
@@ -380,7 +402,7 @@ class ExperimentRun:
                     tg.start_soon(run_async, job)
             else:
                 for job in jobs:
-                    sched.submit(name, job, send)
+                    inputs.submit(name, job, send)
             for _ in jobs:
                 outcome = await receive.receive()
                 outcomes.setdefault(outcome.condition, {})[outcome.replicate] = outcome
@@ -389,7 +411,7 @@ class ExperimentRun:
                     error = f"{type(outcome.error).__name__}: {outcome.error}"
                     if isinstance(outcome.error, UnitError):
                         error = str(outcome.error)
-                sched.emit(exp, Event(
+                inputs.emit(exp, Event(
                     "unit_finished", name, condition=outcome.condition,
                     replicate=outcome.replicate, duration=outcome.wall, error=error,
                     steps=tuple(outcome.steps),

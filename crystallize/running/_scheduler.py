@@ -32,8 +32,9 @@ from ..errors import ExperimentFailedError
 from ..fingerprint import snapshot
 from ..model import Event, Treatment, check_replicates, check_strategy
 from ..store import LeaseBook
+from ._configure import configure
 from ._executors import Executor, UnitJob, resolve_executor
-from ._node import ExperimentRun, ExperimentRunFailed
+from ._node import ExperimentRun, ExperimentRunFailed, NodeInputs
 from ._unit import UnitOutcome
 
 if TYPE_CHECKING:
@@ -91,9 +92,11 @@ class Scheduler:
         self.executor = options.executor
         self.results: dict[str, Result] = {}
         self.failures: dict[str, str] = {}
-        self._skipped: dict[str, str] = {}
         self._done = {name: anyio.Event() for name in graph.experiments}
-        self._configured: dict[str, Experiment] = {}
+        self._configured = configure(
+            graph, treatments=options.treatments, replicates=options.replicates,
+            strategy=options.strategy,
+        )
         self._heap: list[tuple[float, int, UnitJob, _Outcome]] = []
         self._seq = itertools.count()
         self._ready = anyio.Semaphore(0)
@@ -104,26 +107,7 @@ class Scheduler:
         #: per experiment: units finished so far and their total wall time in the workers
         self._walls: dict[str, tuple[int, float]] = {}
 
-    # -- configuration ----------------------------------------------------------------------
-    def _configure(self, name: str) -> Experiment:
-        """The experiment as it runs: graph overrides and inherited treatments applied."""
-        exp = self.graph.experiments[name]
-        opts = self.options
-        if opts.treatments is not None:
-            treatments = opts.treatments
-        else:
-            merged: dict[str, Treatment] = {}
-            for parent in self.graph.upstream(name):
-                for t in self._configured[parent].treatments:
-                    merged.setdefault(t.name, t)
-            merged.update({t.name: t for t in exp.treatments})
-            treatments = list(merged.values())
-        configured = exp.with_overrides(
-            treatments=treatments, replicates=opts.replicates, strategy=opts.strategy
-        )
-        self._configured[name] = configured
-        return configured
-
+    # -- priorities -------------------------------------------------------------------------
     def _rank_nodes(self) -> None:
         """Longest remaining path from each node, weighted by its unit count."""
         order = self.graph.topological_order()
@@ -203,18 +187,22 @@ class Scheduler:
                 await self._done[parent].wait()
             blocked = [p for p in self.graph.upstream(name) if p not in self.results
                        or self.results[p].failed]
-            exp = self._configure(name)
+            exp = self._configured[name]
             if blocked:
                 why = ", ".join(
                     f"{p} {'failed' if p in self.failures else 'was skipped'}" for p in blocked
                 )
                 reason = f"upstream {why}"
-                self._skipped[name] = reason
                 self.failures[name] = f"skipped: {reason}"
                 self.emit(exp, Event("skipped", name, reason=reason))
                 return
             try:
-                self.results[name] = await ExperimentRun(self, exp).execute()
+                inputs = NodeInputs(
+                    upstream_results={p: self.results[p] for p in self.graph.upstream(name)},
+                    book=self.book, executor=self.executor, emit=self.emit, submit=self.submit,
+                    discard=self.discard,
+                )
+                self.results[name] = await ExperimentRun(inputs, exp).execute()
             except ExperimentRunFailed as exc:
                 self.results[name] = exc.result
                 self.failures[name] = exc.cause

@@ -1,7 +1,8 @@
 """What a ``resume`` run of a graph would do with each experiment, without running anything.
 
 Shared by ``crystallize status`` and the graph diagram. The decision is the resume path's own
-(:func:`~crystallize.resume.plan_run` on the newest complete stored version), so the two can
+(:func:`plan_run` on the newest complete stored version, of each experiment as
+:func:`configure` sets it up for a run), so the two can
 never disagree: an experiment is *complete* when a resume would reuse its stored run, *stale*
 when it would rerun (with the reason), and *never run* when the store holds no complete run.
 """
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ..model import BASELINE
 from ..store import ExperimentStore, StoredVersion
+from ._configure import configure
 from ._resume import experiment_fingerprint, plan_run
 
 if TYPE_CHECKING:
@@ -41,22 +43,6 @@ class Status:
         if self.state == "stale":
             return f"stale: {self.reason}"
         return "never run"
-
-
-def configured_experiments(graph: ExperimentGraph) -> dict[str, Experiment]:
-    """Every experiment of ``graph`` as a run configures it, in topological order.
-
-    That is, with the treatments it inherits from its upstreams.
-    """
-    from ._scheduler import RunOptions, Scheduler
-
-    options = RunOptions.build(
-        treatments=None, replicates=None, strategy=None, executor="inline", max_workers=None,
-        on_event=None,
-    )
-    # The scheduler owns the inheritance rules; asking it keeps this view identical to a run.
-    scheduler = Scheduler(graph, options)
-    return {name: scheduler._configure(name) for name in graph.topological_order()}
 
 
 def upstream_origins(
@@ -89,7 +75,7 @@ def experiment_status(graph: ExperimentGraph) -> dict[str, Status]:
     """
     statuses: dict[str, Status] = {}
     newest: dict[str, StoredVersion | None] = {}
-    for name, exp in configured_experiments(graph).items():
+    for name, exp in configure(graph).items():
         root = exp.store_plugin.root_dir.resolve()
         stored = newest[name] = ExperimentStore(root, name).newest_complete()
         for art in exp.consumed_artifacts():

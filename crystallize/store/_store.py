@@ -373,7 +373,3 @@ class ExperimentStore:
                     os.rename(path, target)
                     trash.append(target)
         return trash
-
-    def versions_summary(self) -> list[StoredVersion | int]:
-        """Each version: a StoredVersion when its metadata is readable, else its bare number."""
-        return [self.read(n) or n for n in self.version_numbers()]

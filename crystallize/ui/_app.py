@@ -43,7 +43,7 @@ from textual.widgets import (
 )
 
 from ..config import CONFIG_FILE, display_path, load_experiment, scaffold
-from ..errors import ConfigError, ExperimentFailedError, ScaffoldError
+from ..errors import ConfigError, ExperimentFailedError, GraphError, ScaffoldError
 from ..experiment import Experiment, ExperimentGraph
 from ..model import Event
 from ..render import format_values, hypothesis_lines
@@ -88,7 +88,7 @@ class Entry:
             try:
                 graph = ExperimentGraph.from_yaml(self.config)
                 self._state = experiment_status(graph)[self.name].describe()
-            except (ConfigError, ValueError) as exc:
+            except (ConfigError, GraphError) as exc:
                 self._state = f"unknown: {exc}"
         return self._state
 
@@ -443,7 +443,7 @@ class ExperimentsScreen(Screen[None]):
             return
         try:
             screen = RunScreen(entry.config, self.executor)
-        except (ConfigError, ValueError) as exc:
+        except (ConfigError, GraphError) as exc:
             self.app.notify(str(exc), severity="error", timeout=10)
             return
         # Back on this screen, show what the run changed in the store.
