@@ -15,6 +15,7 @@ from ._result import ConditionMetrics, ExperimentMetrics, Result
 from ._settings import STRATEGIES, check_replicates, check_strategy
 from ._steps import Pipeline, PipelineStep, pipeline_step
 from ._treatments import BASELINE, Treatment, treatment
+from ._unit_scope import unit_scope
 
 __all__ = [
     "BASELINE",
@@ -46,5 +47,6 @@ __all__ = [
     "pipeline_step",
     "reserved_key_message",
     "treatment",
+    "unit_scope",
     "verifier",
 ]

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Protocol
 from ..fingerprint import code_fingerprint, combine, value_fingerprint
 from ._context import FrozenContext
 from ._datasources import DataSource
+from ._unit_scope import current_unit
 
 
 class ArtifactSink(Protocol):
@@ -94,7 +95,7 @@ class Artifact(DataSource):
         return self.loader(path) if self.loader is not None else path.read_bytes()
 
     def fetch(self, ctx: FrozenContext) -> Any:
-        runtime = getattr(ctx, "_runtime", None)
+        runtime = current_unit()
         if runtime is None:
             raise RuntimeError(
                 f"Artifact {self.name!r} can only be fetched inside a running experiment"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ContextMutationError
@@ -29,17 +30,49 @@ class FrozenContext(Mapping[str, Any]):
     replaced, so no step can silently change what a later step sees.
 
     Metrics are recorded with :meth:`record`; they end up in the unit's results.
+
+    Only this class touches its fields; the engine goes through the underscored methods below
+    (a unit's constructor, and context managers for a treatment overlay and read tracking).
     """
 
-    __slots__ = ("_data", "_metrics", "_reads", "_runtime", "_overwrite_ok")
+    __slots__ = ("_data", "_metrics", "_reads", "_overwrite_ok")
 
     def __init__(self, initial: Mapping[str, Any] | None = None) -> None:
         self._data: dict[str, Any] = dict(initial or {})
         self._metrics: dict[str, Any] = {}
         # Keys read while a cacheable step runs: the step cache keys on exactly these.
         self._reads: set[str] | None = None
-        self._runtime: Any = None
         self._overwrite_ok = False
+
+    @classmethod
+    def _for_unit(
+        cls, initial: Mapping[str, Any], *, condition: str, replicate: int, seed: int
+    ) -> FrozenContext:
+        """The context of one unit, its reserved keys set (before any treatment, so that one
+        trying to replace them fails loudly)."""
+        ctx = cls(initial)
+        ctx._data.update(condition=condition, replicate=replicate, seed=seed)
+        return ctx
+
+    @contextmanager
+    def _treatment_overlay(self) -> Iterator[None]:
+        """While open, keys may be replaced (a treatment overrides ``initial_ctx``), except the
+        reserved ones."""
+        self._overwrite_ok = True
+        try:
+            yield
+        finally:
+            self._overwrite_ok = False
+
+    @contextmanager
+    def _tracking_reads(self) -> Iterator[set[str]]:
+        """While open, the yielded set collects every key read."""
+        reads: set[str] = set()
+        self._reads = reads
+        try:
+            yield reads
+        finally:
+            self._reads = None
 
     def __getitem__(self, key: str) -> Any:
         try:

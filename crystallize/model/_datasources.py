@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, overload
 from ..fingerprint import combine, value_fingerprint
 from ._context import FrozenContext
 from ._parameters import Parametrised, analyse_signature, is_artifact
+from ._unit_scope import current_unit
 
 if TYPE_CHECKING:
     from ._artifacts import Artifact
@@ -106,7 +107,7 @@ class ExperimentInput(DataSource):
         }
 
     def fetch(self, ctx: FrozenContext) -> dict[str, Any]:
-        runtime = getattr(ctx, "_runtime", None)
+        runtime = current_unit()
         if runtime is not None:
             runtime.check_replicates_agree(self.artifacts())
         return {alias: src.fetch(ctx) for alias, src in self.sources.items()}

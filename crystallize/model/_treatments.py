@@ -42,15 +42,12 @@ class Treatment:
 
     def apply(self, ctx: FrozenContext) -> None:
         """Write this treatment's values into ``ctx`` (before the unit's steps run)."""
-        ctx._overwrite_ok = True
-        try:
+        with ctx._treatment_overlay():
             if callable(self.apply_payload):
                 self.apply_payload(ctx)
             else:
                 for key, value in self.apply_payload.items():
                     ctx[key] = value
-        finally:
-            ctx._overwrite_ok = False
 
     def fingerprint(self) -> str:
         if callable(self.apply_payload):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pickle
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +19,7 @@ import anyio
 import cloudpickle
 
 from ..errors import MissingArtifactError, PicklingError, UnitError
-from ..model import BASELINE, FrozenContext
+from ..model import BASELINE, FrozenContext, unit_scope
 
 if TYPE_CHECKING:
     from ..experiment import Experiment
@@ -138,6 +140,16 @@ class UnitRun:
                     f"{view.experiment!r} so all its artifacts come from one run"
                 )
 
+    @contextmanager
+    def capturing_writes(self) -> Iterator[list[tuple[str, bytes]]]:
+        """While open, the yielded list collects every artifact written (the step cache's)."""
+        captured: list[tuple[str, bytes]] = []
+        self._captured = captured
+        try:
+            yield captured
+        finally:
+            self._captured = None
+
     def write_artifact(self, artifact: Artifact, payload: bytes) -> Path:
         from ..store import atomic_write
 
@@ -153,14 +165,13 @@ class UnitRun:
     # -- the pipeline -----------------------------------------------------------------------
     def begin(self) -> tuple[FrozenContext, Any]:
         exp = self.experiment
-        ctx = FrozenContext(exp.initial_ctx)
-        # Reserved keys first, so that a treatment trying to replace one fails loudly.
-        ctx._data.update(condition=self.task.condition, replicate=self.task.replicate,
-                         seed=self.task.seed)
+        ctx = FrozenContext._for_unit(
+            exp.initial_ctx, condition=self.task.condition, replicate=self.task.replicate,
+            seed=self.task.seed,
+        )
         treatment = exp.treatment_map.get(self.task.condition)
         if treatment is not None:
             treatment.apply(ctx)
-        ctx._runtime = self
         exp.seed_plugin.apply(self.task.seed)
         for plugin in exp.plugins:
             plugin.before_replicate(exp, ctx)
@@ -216,10 +227,11 @@ def run_unit(experiment: Experiment, task: UnitTask) -> UnitOutcome:
     run = UnitRun(experiment, task)
     ctx = None
     try:
-        ctx, data = run.begin()
-        for step in experiment.pipeline.steps:
-            started = time.perf_counter()
-            data = run.absorb(step, _call_step(run, step, data, ctx), ctx, started)
+        with unit_scope(run):
+            ctx, data = run.begin()
+            for step in experiment.pipeline.steps:
+                started = time.perf_counter()
+                data = run.absorb(step, _call_step(run, step, data, ctx), ctx, started)
     except Exception as exc:
         run.fail(exc)
     return run.finish(ctx)
@@ -234,15 +246,17 @@ async def arun_unit(experiment: Experiment, task: UnitTask) -> UnitOutcome:
     run = UnitRun(experiment, task)
     ctx = None
     try:
-        ctx, data = run.begin()
-        for step in experiment.pipeline.steps:
-            started = time.perf_counter()
-            if step.is_async:
-                args = run.arguments(step, data, ctx)
-                result = await step.fn(*args, **step.resolve(ctx, run.bind))
-            else:
-                result = await anyio.to_thread.run_sync(_call_step, run, step, data, ctx)
-            data = run.absorb(step, result, ctx, started)
+        # A task of its own, so the scope is this unit's alone; worker threads copy it.
+        with unit_scope(run):
+            ctx, data = run.begin()
+            for step in experiment.pipeline.steps:
+                started = time.perf_counter()
+                if step.is_async:
+                    args = run.arguments(step, data, ctx)
+                    result = await step.fn(*args, **step.resolve(ctx, run.bind))
+                else:
+                    result = await anyio.to_thread.run_sync(_call_step, run, step, data, ctx)
+                data = run.absorb(step, result, ctx, started)
     except Exception as exc:
         run.fail(exc)
     return run.finish(ctx)

@@ -39,7 +39,7 @@ class StepCache:
         self.root = root
 
     def _read_fingerprints(self, ctx: FrozenContext, keys: list[str]) -> dict[str, str]:
-        return {k: value_fingerprint(ctx._data.get(k)) for k in keys}
+        return {k: value_fingerprint(ctx.get(k)) for k in keys}
 
     def _lookup(self, entry_dir: Path, ctx: FrozenContext) -> dict[str, Any] | None:
         if not entry_dir.exists():
@@ -76,12 +76,9 @@ class StepCache:
                 run.outcome.notes.append(f"{step.name}: cache hit")
                 return entry["result"]
             before = ctx.metrics
-            ctx._reads, run._captured = set(), []
-            try:
+            with run.capturing_writes() as writes, ctx._tracking_reads() as tracked:
                 result = step.fn(*args, **step.resolve(ctx, run.bind))
-                reads, writes = sorted(ctx._reads), run._captured
-            finally:
-                ctx._reads, run._captured = None, None
+            reads = sorted(tracked)
             recorded = {k: v for k, v in ctx.metrics.items() if before.get(k, _MISSING) != v}
             reads_fp = self._read_fingerprints(ctx, reads)
             try:
