@@ -70,7 +70,11 @@ class MissingArtifactError(CrystallizeError, FileNotFoundError):
     stored version where the file should be, or ``None`` when it has no complete version.
     """
 
-    def __init__(self, message: str, *, producer: str | None, path: Path | None = None) -> None:
+    def __init__(
+        self, message: str, producer: str | None = None, path: Path | None = None
+    ) -> None:
+        # Only the message goes into args: unpickling (out of a worker) rebuilds from args,
+        # then restores producer and path from __dict__.
         super().__init__(message)
         self.producer = producer
         self.path = path
@@ -101,7 +105,11 @@ class UnitError(CrystallizeError):
     def __init__(self, remote_type: str, message: str, traceback_text: str = "") -> None:
         super().__init__(f"{remote_type}: {message}")
         self.remote_type = remote_type
+        self.message = message
         self.traceback_text = traceback_text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.remote_type, self.message, self.traceback_text)
 
 
 class ExperimentFailedError(CrystallizeError, RuntimeError):
@@ -118,3 +126,6 @@ class ExperimentFailedError(CrystallizeError, RuntimeError):
         )
         self.failures = dict(failures)
         self.results = dict(results)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.failures, self.results)

@@ -10,6 +10,7 @@ def _store_in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request):
+    """Async tests run on both event loops the package supports."""
+    return request.param

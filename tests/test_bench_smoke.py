@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = ["loop", "pool", "crystallize-process", "crystallize-thread", "crystallize-inline"]
 
 
+@pytest.mark.slow
 def test_quick_bench_runs_every_workload_on_every_system(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(

@@ -203,3 +203,26 @@ def test_importing_the_package_imports_no_front_end() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_error_survives_pickling_with_its_attributes(tmp_path: Path) -> None:
+    # Errors raised in a worker process travel back pickled; one that cannot be rebuilt would
+    # turn into an unrelated TypeError in the parent.
+    import pickle
+
+    from crystallize import errors
+
+    samples = [
+        errors.ConfigError("bad", file=tmp_path / "config.yaml", key="steps", line=3),
+        errors.ScaffoldError("exists"),
+        errors.GraphError("cycle"),
+        errors.MissingArtifactError("gone", producer="p", path=tmp_path / "v0"),
+        errors.ContextMutationError("twice"),
+        errors.PicklingError("lock"),
+        errors.UnitError("mod.Boom", "it broke", "Traceback ..."),
+        errors.ExperimentFailedError({"e": "boom"}, {}),
+    ]
+    for error in samples:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert vars(copy) == vars(error)

@@ -24,6 +24,11 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
+def anyio_backend():
+    return "asyncio"  # Textual runs on asyncio only
+
+
+@pytest.fixture
 def root(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "examples" / "dag", tmp_path / "experiments" / "dag")
     return tmp_path / "experiments"
