@@ -202,15 +202,16 @@ def test_async_steps_overlap_on_the_event_loop():
     assert max(starts) < min(ends)
 
 
-def test_run_inside_event_loop_points_to_arun():
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_run_inside_event_loop_points_to_arun(backend):
     exp = make()
 
     async def main():
-        with pytest.raises(RuntimeError, match="arun"):
+        with pytest.raises(RuntimeError, match=f"inside a running {backend} event loop.*arun"):
             exp.run()
         return await exp.arun(executor="inline")
 
-    assert anyio.run(main).metrics.baseline.metrics["total"] == [10] * 3
+    assert anyio.run(main, backend=backend).metrics.baseline.metrics["total"] == [10] * 3
 
 
 def test_arun_works_under_trio():

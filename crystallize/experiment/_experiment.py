@@ -10,6 +10,7 @@ import asyncio
 import copy
 import functools
 import graphlib
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -490,17 +491,27 @@ class ExperimentGraph:
 
 
 def _refuse_inside_event_loop() -> None:
-    try:
-        import sniffio
-
-        library = sniffio.current_async_library()
-    except Exception:
-        try:
-            asyncio.get_running_loop()
-            library = "asyncio"
-        except RuntimeError:
-            return
+    library = _running_event_loop()
+    if library is None:
+        return
     raise RuntimeError(
         f"run() was called inside a running {library} event loop, where it cannot block; "
         "use `await graph.arun(...)` (or `await experiment.arun(...)`) instead"
     )
+
+
+def _running_event_loop() -> str | None:
+    """The event loop library running in this thread, if any.
+
+    A trio run has always imported trio, so looking it up in ``sys.modules`` answers without
+    importing it (or sniffio, which anyio no longer brings).
+    """
+    try:
+        asyncio.get_running_loop()
+        return "asyncio"
+    except RuntimeError:
+        pass
+    trio = sys.modules.get("trio")
+    if trio is not None and trio.lowlevel.in_trio_run():
+        return "trio"
+    return None
