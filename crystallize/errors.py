@@ -16,16 +16,29 @@ what would fix it. Each one also keeps the builtin base it had before the tree e
       worker's traceback as ``.traceback_text``
     + ExperimentFailedError (RuntimeError) -- experiments of a run failed; ``.failures``,
       ``.results``
+    + LimitError (ValueError) -- an input is above one of the caps of ``model.limits`` (the
+      message says how to raise it)
+    + CallbackError (RuntimeError) -- an ``on_event`` callback raised; the run was stopped
+    + HypothesisError (RuntimeError) -- a verifier or ranker raised, or a hypothesis names a
+      metric no step records
+    + LoaderError (RuntimeError) -- an artifact's loader raised reading a file
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .model import Result
+
+
+def did_you_mean(value: object, candidates: Iterable[str]) -> str:
+    """``; did you mean 'x'?`` for the candidate closest to ``value``, or an empty string."""
+    close = difflib.get_close_matches(str(value), list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class CrystallizeError(Exception):
@@ -129,3 +142,21 @@ class ExperimentFailedError(CrystallizeError, RuntimeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.failures, self.results)
+
+class LimitError(CrystallizeError, ValueError):
+    """An input is above one of the caps of ``crystallize.model`` (``MAX_REPLICATES``...); the
+    message names the cap and the environment variable that raises it."""
+
+
+class CallbackError(CrystallizeError, RuntimeError):
+    """An ``on_event`` callback (a function or a plugin's hook) raised; ``__cause__`` is its
+    exception. The run was stopped."""
+
+
+class HypothesisError(CrystallizeError, RuntimeError):
+    """A hypothesis could not be evaluated: its verifier or ranker raised, or it names a metric
+    no step records. The message names the hypothesis, its verifier and where it was declared."""
+
+
+class LoaderError(CrystallizeError, RuntimeError):
+    """An artifact's loader raised while reading a file; ``__cause__`` is its exception."""

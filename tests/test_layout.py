@@ -180,6 +180,10 @@ def test_errors_share_one_root_and_keep_their_builtin_bases() -> None:
         errors.PicklingError: TypeError,
         errors.ExperimentFailedError: RuntimeError,
         errors.UnitError: Exception,
+        errors.LimitError: ValueError,
+        errors.CallbackError: RuntimeError,
+        errors.HypothesisError: RuntimeError,
+        errors.LoaderError: RuntimeError,
     }
     for cls, base in bases.items():
         assert issubclass(cls, errors.CrystallizeError) and issubclass(cls, base), cls
@@ -221,6 +225,10 @@ def test_every_error_survives_pickling_with_its_attributes(tmp_path: Path) -> No
         errors.PicklingError("lock"),
         errors.UnitError("mod.Boom", "it broke", "Traceback ..."),
         errors.ExperimentFailedError({"e": "boom"}, {}),
+        errors.LimitError("too many"),
+        errors.CallbackError("callback raised"),
+        errors.HypothesisError("verifier raised"),
+        errors.LoaderError("loader raised"),
     ]
     for error in samples:
         copy = pickle.loads(pickle.dumps(error))

@@ -185,8 +185,10 @@ async def test_error_panels_list_broken_configs_and_missing_paths(root: Path) ->
         errors = screen.query_one("#errors", Static)
         assert errors.display
         text = " ".join(str(errors.render()).split())
-        assert "consumer:" in text and "missing path:" in text and "summary.json" in text
-        assert rows(screen)[2][3].startswith("failed")
+        # The producer's units fail for the output they did not write, naming its path.
+        assert "producer:" in text and "missing path:" in text and "summary.json" in text
+        assert rows(screen)[0][3].startswith("failed")
+        assert rows(screen)[2][3].startswith("skipped: upstream producer failed")
 
         await finish_run(pilot, screen)  # the panel shows this run's errors, not the last one's
         again = " ".join(str(errors.render()).split())

@@ -28,9 +28,9 @@ from rich.text import Text
 
 from .._version import __version__
 from ..config import did_you_mean, display_path, experiment_configs, load_experiment, scaffold
-from ..errors import ConfigError, ExperimentFailedError, GraphError, ScaffoldError
+from ..errors import ConfigError, ExperimentFailedError, GraphError, LimitError, ScaffoldError
 from ..experiment import ExperimentGraph
-from ..model import BASELINE, Event
+from ..model import BASELINE, MAX_REPLICATES, Event
 from ..render import hypothesis_lines, summary_table, summary_title
 from ..store import ExperimentStore
 
@@ -127,6 +127,8 @@ def _select_treatments(graph: ExperimentGraph, selected: Sequence[str]) -> None:
 
 
 def cmd_run(args: argparse.Namespace, out: Console) -> int:
+    if args.replicates is not None:
+        MAX_REPLICATES.check(args.replicates, "--replicates")
     graph = _load(args.path)
     if args.treatment:
         _select_treatments(graph, args.treatment)
@@ -180,6 +182,11 @@ def cmd_graph(args: argparse.Namespace, out: Console) -> int:
         written, rendered = write_diagram(digraph, Path(args.output), args.format)
     except ValueError as exc:
         raise UsageError(f"-o {args.output}: {exc}") from None
+    except OSError as exc:
+        raise UsageError(
+            f"-o {args.output}: cannot write it ({exc.strerror or exc}). Choose a path in a "
+            "folder you can write to"
+        ) from None
     out.print(f"wrote {written}")
     if not rendered:
         out.print(Text(INSTALL_HINT, style="yellow"))
@@ -227,6 +234,12 @@ def cmd_ui(args: argparse.Namespace, out: Console) -> int:
     root = Path(args.root)
     if not root.is_dir():
         raise UsageError(f"{args.root}: not a folder; pass the folder that holds your experiments")
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # Textual would draw escape codes into the pipe and wait for keys that never come.
+        raise UsageError(
+            "crystallize ui needs a terminal, and stdin or stdout is not one here (a pipe, a "
+            "file, CI). Run it in a terminal; in scripts use crystallize run, status or list"
+        )
     from ..ui import run_ui
 
     return run_ui(root, args.executor)
@@ -336,10 +349,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out, err = Console(), Console(stderr=True)
     try:
         return int(args.handler(args, out))
-    except (ConfigError, UsageError, ScaffoldError) as exc:
+    except (ConfigError, UsageError, ScaffoldError, LimitError) as exc:
         _report(err, str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
         _report(err, "interrupted")
         return EXIT_INTERRUPTED
+    except OSError as exc:  # the store or a file the command needs: say which, and why
+        where = f"{exc.filename}: " if exc.filename else ""
+        _report(err, f"{where}{exc.strerror or exc}")
+        return EXIT_FAILED
 

@@ -51,7 +51,8 @@ Keys beyond SPEC §3: ``description`` (free text), ``initial_ctx`` (``{key: valu
 every unit's context) and ``plugins`` (a list of the built-in ``ArtifactPlugin``,
 ``LoggingPlugin`` and ``SeedPlugin``, as a name or ``{name: {argument: value}}``; a relative
 ``ArtifactPlugin`` ``root_dir`` is relative to the working directory, like the default
-``data``).
+``data``), ``timeout`` (the most seconds one unit may take; a step entry may carry its own,
+``- {slow: {n: 3}, timeout: 60}``).
 
 Each folder's modules are imported as the package ``crystallize_user.<folder name>`` (whose
 search path is the folder, so ``from .helpers import f`` works) and are pickled by value, so
@@ -59,11 +60,11 @@ worker processes need not import them. Every mistake raises :class:`~crystallize
 naming the file, the key, the offending value and the fix, before anything runs.
 """
 
+from ..errors import did_you_mean
 from ._builder import NoData, rank_by_p_value
 from ._files import (
     CONFIG_FILE,
     ExperimentConfig,
-    did_you_mean,
     display_path,
     experiment_configs,
     find_experiment_folders,

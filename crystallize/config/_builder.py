@@ -7,8 +7,10 @@ import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..errors import LimitError, did_you_mean
 from ..experiment import Experiment
 from ..model import (
+    MAX_REPLICATES,
     RESERVED_KEYS,
     STRATEGIES,
     Artifact,
@@ -23,14 +25,15 @@ from ..model import (
     SeedPlugin,
     Treatment,
     analyse_signature,
+    check_timeout,
     data_source,
+    type_mismatch,
     verifier,
 )
 from ._files import (
     CONFIG_FILE,
     TOP_LEVEL_KEYS,
     ExperimentConfig,
-    did_you_mean,
     display_path,
     listing,
     locate_experiment,
@@ -122,6 +125,7 @@ class Builder:
             "hypotheses": self.hypotheses(), "plugins": self.plugins(),
             "strategy": self.strategy(), "initial_ctx": self.initial_ctx(),
             "description": self.description(),
+            "timeout": self.seconds(config.data.get("timeout"), "timeout"),
         }
         try:
             return Experiment(datasource, steps, name=name, outputs=outputs, **settings)
@@ -138,7 +142,20 @@ class Builder:
                 "replicates", f"replicates must be a whole number >= 1, got {value!r} "
                 f"({type(value).__name__})", "Fix: replicates: 3",
             )
+        try:
+            MAX_REPLICATES.check(value, "replicates")
+        except LimitError as exc:
+            raise self.config.error("replicates", str(exc)) from None
         return value
+
+    def seconds(self, value: Any, key: str) -> float | None:
+        try:
+            return check_timeout(value, key)
+        except ValueError:
+            raise self.config.error(
+                key, f"timeout must be a number of seconds > 0, got {value!r}",
+                f"Fix: {key.rsplit('.', 1)[-1]}: 600",
+            ) from None
 
     def strategy(self) -> str:
         value = self.config.data.get("strategy", "rerun")
@@ -209,6 +226,13 @@ class Builder:
                     f"{key}.{param}", f"{label} has no parameter {param!r}"
                     f"{did_you_mean(param, known)}", f"Its parameters: {listing(known)}",
                 )
+        mismatch = type_mismatch(fn, given)
+        if mismatch:
+            raise self.config.error(
+                f"{key}.{mismatch[0]}", f"{label}: {mismatch[1]}",
+                "Write a value of that type (in YAML: numbers and true/false unquoted, text "
+                "quoted if it looks like a number)",
+            )
 
     # -- outputs ----------------------------------------------------------------------------
     def outputs(self) -> dict[str, Artifact]:
@@ -341,8 +365,10 @@ class Builder:
         return art
 
     # -- steps ------------------------------------------------------------------------------
-    def steps(self, outputs: Mapping[str, Artifact]) -> tuple[list[PipelineStep], set[int]]:
-        """The pipeline, and the ids of the outputs its steps write."""
+    def steps(
+        self, outputs: Mapping[str, Artifact]
+    ) -> tuple[list[PipelineStep], dict[int, str]]:
+        """The pipeline, and the ids of the outputs its steps write (with the step)."""
         raw = self.config.data.get("steps")
         if not isinstance(raw, list) or not raw:
             problem = "no steps" if raw is None else f"steps must be a non-empty list, got {raw!r}"
@@ -352,9 +378,14 @@ class Builder:
                 "`@pipeline_step()\\ndef my_step(data, ctx): ...` in steps.py",
             )
         pipeline: list[PipelineStep] = []
-        written: set[int] = set()
+        written: dict[int, str] = {}
         for index, entry in enumerate(raw):
             key = f"steps[{index}]"
+            limit = None
+            if isinstance(entry, Mapping) and len(entry) == 2 and "timeout" in entry:
+                # `- {slow: {n: 3}, timeout: 60}`: the step's own timeout, beside its parameters
+                entry = dict(entry)
+                limit = self.seconds(entry.pop("timeout"), f"{key}.timeout")
             name, params = self.named_entry(entry, key, "step")
             factory = self.modules.lookup(
                 "steps", name, key, what="step", accept=_is_step_factory,
@@ -383,12 +414,21 @@ class Builder:
                         f"{{file_name: ...}}}}`, or pass an alias: `- {name}: "
                         f"{{{param.name}: <alias>}}`",
                     )
+                other = written.setdefault(id(outputs[alias]), name)
+                if other != name:
+                    raise self.config.error(
+                        where if given else key,
+                        f"output {alias!r} is written by two steps, {other!r} and {name!r}; "
+                        "consumers would read only one of the files",
+                        "Give each step its own output (declare a second one under outputs:)",
+                    )
                 params[param.name] = outputs[alias]
-                written.add(id(outputs[alias]))
             try:
                 pipeline.append(factory(**params))
             except (TypeError, ValueError) as exc:
                 raise self.config.error(key, f"cannot build step {name!r}: {exc}") from None
+            if limit is not None:
+                pipeline[-1].timeout = limit
         return pipeline, written
 
     # -- treatments, hypotheses, plugins ----------------------------------------------------
@@ -475,6 +515,7 @@ class Builder:
             made.append(Hypothesis(
                 verifier=factory(**params), metrics=metrics, ranker=ranker, name=name
             ))
+            made[-1].source = f"{display_path(self.config.path)}, key '{key}'"
         return made
 
     def plugins(self) -> list[BasePlugin]:
@@ -496,6 +537,8 @@ class Builder:
                     key, f"unknown plugin {name!r}{did_you_mean(name, PLUGINS)}",
                     f"Built-in plugins: {listing(PLUGINS)}",
                 )
+            self.check_params(cls.__init__, params, list(inspect.signature(cls).parameters),
+                              f"{key}.{name}", name)
             try:
                 plugins.append(cls(**params))
             except (TypeError, ValueError) as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -11,14 +10,18 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LimitError
+from ..model import MAX_CONFIG_BYTES, MAX_YAML_NODES
+from ..store import path_name_problem
 
 CONFIG_FILE = "config.yaml"
 PACKAGE = "crystallize_user"
 TOP_LEVEL_KEYS = (
     "name", "description", "replicates", "strategy", "datasource", "steps", "treatments",
-    "outputs", "hypotheses", "initial_ctx", "plugins",
+    "outputs", "hypotheses", "initial_ctx", "plugins", "timeout",
 )
+# libyaml's parser is about ten times faster than the pure-Python one, where it is installed.
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -28,11 +31,6 @@ def display_path(path: Path) -> Path:
         return path.resolve().relative_to(Path.cwd().resolve())
     except (ValueError, OSError):
         return path
-
-
-def did_you_mean(value: object, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(value), list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def listing(names: Iterable[str]) -> str:
@@ -68,6 +66,12 @@ class ExperimentConfig:
             raise self.error(
                 "name", f"name must be a non-empty string, got {name!r}",
                 "Fix: name: my_experiment (or remove the key to use the folder name)",
+            )
+        problem = path_name_problem(name)
+        if problem:
+            raise self.error(
+                "name", f"experiment name {name!r} {problem}; it names the experiment's folder "
+                "in the store", "Fix: name: my_experiment",
             )
         return name
 
@@ -113,6 +117,44 @@ def _key_lines(
             _key_lines(item, path, lines, duplicates)
 
 
+def _check_expansion(root: yaml.Node, shown: Path) -> None:
+    """Refuse YAML whose aliases expand to more nodes than :data:`MAX_YAML_NODES`.
+
+    An alias is a reference, cheap to parse, but everything that walks the data (key lines,
+    fingerprints, messages) pays for every expansion: a few hundred bytes of nested aliases
+    expand to billions of nodes.
+    """
+    cap = MAX_YAML_NODES.value
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        sizes[id(node)] = 1  # a node that contains itself counts once
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children: Iterable[yaml.Node] = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = (n for pair in node.value for n in pair)
+        else:
+            children = ()
+        for child in children:
+            total += size(child)
+            if total > cap:
+                break
+        sizes[id(node)] = total
+        return total
+
+    if size(root) > cap:
+        raise ConfigError(
+            f"its YAML aliases (&anchor / *alias) expand to more than {cap:,} nodes. Write the "
+            f"values out, or, if the config really is that large, raise the limit: set the "
+            f"environment variable {MAX_YAML_NODES.env}",
+            file=shown,
+        )
+
+
 def read_config(path: Path) -> ExperimentConfig:
     """Parse a ``config.yaml`` (only the YAML: no module is imported).
 
@@ -120,8 +162,23 @@ def read_config(path: Path) -> ExperimentConfig:
         mapping, or repeats a key
     """
     shown = display_path(path)
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(
+            f"not a config: crystallize reads a YAML file such as {CONFIG_FILE}, not a "
+            f"{path.suffix or 'suffix-less'} file. Pass the experiment folder or its {CONFIG_FILE}",
+            file=shown,
+        )
+    if path.is_dir():
+        raise ConfigError(
+            f"this is a folder, not a file. Replace it by a {CONFIG_FILE} file (see "
+            "`crystallize new NAME`), or remove it",
+            file=shown,
+        )
     try:
+        MAX_CONFIG_BYTES.check(path.stat().st_size, f"{shown}: config size")
         text = path.read_text(encoding="utf-8")
+    except LimitError as exc:
+        raise ConfigError(str(exc)) from None
     except FileNotFoundError:
         raise ConfigError(
             "file not found. Pass a config.yaml, an experiment folder or a folder of experiments",
@@ -129,10 +186,14 @@ def read_config(path: Path) -> ExperimentConfig:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read it: {exc}", file=shown) from None
-    loader = yaml.SafeLoader(text)
+    loader = _YAML_LOADER(text)
     try:
         node = loader.get_single_node()
+        if node is not None:
+            _check_expansion(node, shown)
         data = loader.construct_document(node) if node is not None else None
+    except RecursionError:
+        raise ConfigError("the YAML is nested too deeply to read. Flatten it", file=shown) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -178,7 +239,9 @@ def find_experiment_folders(root: Path) -> list[Path]:
         children = sorted(root.iterdir())
     except OSError:
         return []
-    return [c for c in children if not c.name.startswith(".") and (c / CONFIG_FILE).is_file()]
+    # exists(), not is_file(): a config.yaml that is a folder is reported when loaded, not
+    # silently left out of the run.
+    return [c for c in children if not c.name.startswith(".") and (c / CONFIG_FILE).exists()]
 
 
 def locate_experiment(root: Path, name: str) -> ExperimentConfig | None:
@@ -231,7 +294,7 @@ def experiment_configs(path: Path) -> list[Path]:
         )
     if path.is_file():
         return [path]
-    if (path / CONFIG_FILE).is_file():
+    if (path / CONFIG_FILE).exists():
         return [path / CONFIG_FILE]
     folders = find_experiment_folders(path)
     if not folders:

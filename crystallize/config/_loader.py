@@ -70,7 +70,7 @@ def load_experiment(path: Path) -> Experiment:
     """
     path = Path(path)
     if path.is_dir():
-        if not (path / CONFIG_FILE).is_file():
+        if not (path / CONFIG_FILE).exists():
             raise ConfigError(
                 f"no {CONFIG_FILE} in this folder. Pass an experiment folder; for a folder of "
                 "experiments use ExperimentGraph.from_yaml",

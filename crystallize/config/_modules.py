@@ -16,8 +16,8 @@ from typing import Any
 
 import cloudpickle
 
-from ..errors import ConfigError
-from ._files import CONFIG_FILE, ExperimentConfig, did_you_mean, display_path, listing
+from ..errors import ConfigError, did_you_mean
+from ._files import CONFIG_FILE, ExperimentConfig, display_path, listing
 
 PACKAGE = "crystallize_user"
 

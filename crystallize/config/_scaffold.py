@@ -7,8 +7,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ScaffoldError
-from ._files import CONFIG_FILE, did_you_mean, display_path, locate_experiment, sibling_names
+from ..errors import ScaffoldError, did_you_mean
+from ._files import CONFIG_FILE, display_path, locate_experiment, sibling_names
 
 _CONFIG_TEMPLATE = """\
 # {name}: a crystallize folder experiment. Run it with: crystallize run {folder}

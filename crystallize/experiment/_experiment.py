@@ -32,9 +32,11 @@ from ..model import (
     as_datasource,
     check_replicates,
     check_strategy,
+    check_timeout,
     reserved_key_message,
 )
 from ..running import RunOptions, Scheduler
+from ..store import path_name_problem
 from ._folders import folder_loaders
 
 if TYPE_CHECKING:
@@ -86,6 +88,7 @@ class Experiment:
         strategy: str = "rerun",
         initial_ctx: Mapping[str, Any] | None = None,
         description: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         where = f"experiment {name!r}" if name else "experiment"
         self.datasource = as_datasource(datasource, what=f"{where}: datasource")
@@ -101,6 +104,9 @@ class Experiment:
             if key in RESERVED_KEYS:
                 raise ValueError(reserved_key_message(key, f"{where}: initial_ctx"))
         self.description = description
+        #: The most seconds one unit may take; a unit still running then fails with
+        #: :class:`TimeoutError` (in a process, its worker is stopped), the others go on.
+        self.timeout = check_timeout(timeout, where)
         self._name: str | None = None
         self.name = name
         self._check_artifact_params(where)
@@ -123,9 +129,19 @@ class Experiment:
         return result
 
     def _check_artifact_params(self, where: str) -> None:
+        writers: dict[int, str] = {}
         for step in self.pipeline.steps:
             for param in step.artifact_params:
-                if isinstance(step.params.get(param), Artifact):
+                given = step.params.get(param)
+                art = given if isinstance(given, Artifact) else self._find_output(param)
+                if art is not None:
+                    other = writers.setdefault(id(art), step.fn.__name__)
+                    if other != step.fn.__name__:
+                        raise ValueError(
+                            f"{where}: output {art.name!r} is written by two steps, {other!r} "
+                            f"and {step.fn.__name__!r}; consumers would read only one of the "
+                            "files. Give each step its own output"
+                        )
                     continue
                 if self._find_output(param) is None:
                     raise ValueError(
@@ -159,8 +175,12 @@ class Experiment:
     def name(self, value: str | None) -> None:
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ValueError(f"experiment name must be a non-empty string, got {value!r}")
-        if value is not None and ("/" in value or value.startswith(".")):
-            raise ValueError(f"experiment name {value!r} is a directory name; avoid '/' and '.'")
+        problem = None if value is None else path_name_problem(value)
+        if problem:
+            raise ValueError(
+                f"experiment name {value!r} {problem}; it names the experiment's folder in the "
+                "store. Rename the experiment"
+            )
         self._name = value
         for art in self.outputs.values():
             art.producer = value
@@ -172,6 +192,14 @@ class Experiment:
     @replicates.setter
     def replicates(self, value: int) -> None:
         self._replicates = check_replicates(value, f"experiment {self.name!r}")
+
+    @property
+    def unit_timeout(self) -> float | None:
+        """The most seconds a unit may take: :attr:`timeout`, or, if every step has a timeout,
+        their sum; None if a unit may run for ever."""
+        steps = [s.timeout for s in self.pipeline.steps]
+        total = None if None in steps else sum(t for t in steps if t is not None)
+        return min((t for t in (self.timeout, total) if t is not None), default=None)
 
     @property
     def treatment_map(self) -> dict[str, Treatment]:

@@ -9,16 +9,27 @@ from ._context import RESERVED_KEYS, FrozenContext, reserved_key_message
 from ._datasources import DataSource, ExperimentInput, as_datasource, data_source
 from ._events import Event
 from ._hypotheses import Hypothesis, HypothesisResult, hypothesis, verifier
-from ._parameters import analyse_signature
+from ._parameters import analyse_signature, is_artifact, type_mismatch
 from ._plugins import ArtifactPlugin, BasePlugin, LoggingPlugin, SeedPlugin
 from ._result import ConditionMetrics, ExperimentMetrics, Result
-from ._settings import STRATEGIES, check_replicates, check_strategy
-from ._steps import Pipeline, PipelineStep, pipeline_step
+from ._settings import (
+    MAX_CONFIG_BYTES,
+    MAX_REPLICATES,
+    MAX_YAML_NODES,
+    STRATEGIES,
+    Limit,
+    check_replicates,
+    check_strategy,
+)
+from ._steps import Pipeline, PipelineStep, check_timeout, pipeline_step
 from ._treatments import BASELINE, Treatment, treatment
 from ._unit_scope import unit_scope
 
 __all__ = [
     "BASELINE",
+    "MAX_CONFIG_BYTES",
+    "MAX_REPLICATES",
+    "MAX_YAML_NODES",
     "RESERVED_KEYS",
     "STRATEGIES",
     "Artifact",
@@ -32,6 +43,7 @@ __all__ = [
     "FrozenContext",
     "Hypothesis",
     "HypothesisResult",
+    "Limit",
     "LoggingPlugin",
     "Pipeline",
     "PipelineStep",
@@ -42,11 +54,14 @@ __all__ = [
     "as_datasource",
     "check_replicates",
     "check_strategy",
+    "check_timeout",
     "data_source",
     "hypothesis",
+    "is_artifact",
     "pipeline_step",
     "reserved_key_message",
     "treatment",
+    "type_mismatch",
     "unit_scope",
     "verifier",
 ]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from ..errors import LoaderError
 from ..fingerprint import code_fingerprint, combine, value_fingerprint
 from ._context import FrozenContext
 from ._datasources import DataSource
@@ -92,7 +93,16 @@ class Artifact(DataSource):
     # -- consuming -------------------------------------------------------------------------
     def load(self, path: Path) -> Any:
         """Decode the file at ``path`` through ``loader`` (default: its bytes)."""
-        return self.loader(path) if self.loader is not None else path.read_bytes()
+        if self.loader is None:
+            return path.read_bytes()
+        try:
+            return self.loader(path)
+        except Exception as exc:
+            name = getattr(self.loader, "__qualname__", None) or repr(self.loader)
+            raise LoaderError(
+                f"loader {name!r} of {self!r} raised {type(exc).__name__}: {exc} (reading "
+                f"{path}). Fix the loader, or the step that wrote the file"
+            ) from exc
 
     def fetch(self, ctx: FrozenContext) -> Any:
         runtime = current_unit()

@@ -21,6 +21,35 @@ def reserved_key_message(key: str, where: str) -> str:
     )
 
 
+def _storable_problem(value: Any, open_ids: set[int]) -> str | None:
+    """Why a metric value cannot be stored in the run's record, or None.
+
+    Only containers are walked (an array or an object is stored whole, as its pickle).
+    """
+    if not isinstance(value, (list, tuple, dict, set, frozenset)):
+        return None
+    if id(value) in open_ids:
+        return "contains itself (a container that refers back to itself); record a copy"
+    open_ids.add(id(value))
+    try:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                    return (f"is a dict with a {type(key).__name__} key {key!r}; use string "
+                            "keys, e.g. '|'.join(key)")
+                problem = _storable_problem(item, open_ids)
+                if problem:
+                    return problem
+            return None
+        for item in value:
+            problem = _storable_problem(item, open_ids)
+            if problem:
+                return problem
+        return None
+    finally:
+        open_ids.discard(id(value))
+
+
 class FrozenContext(Mapping[str, Any]):
     """An append-only mapping handed to datasources and steps.
 
@@ -113,7 +142,19 @@ class FrozenContext(Mapping[str, Any]):
         self[key] = value
 
     def record(self, name: str, value: Any) -> None:
-        """Record metric ``name`` for this unit (a later value for the same name replaces it)."""
+        """Record metric ``name`` for this unit (a later value for the same name replaces it).
+
+        :raises TypeError: if ``name`` is not a string, or ``value`` contains itself or a dict
+            whose keys are not strings or numbers (the run could not be stored)
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(
+                f"metric names are non-empty strings, got {name!r} ({type(name).__name__}); "
+                f"record it as ctx.record({str(name)!r}, value)"
+            )
+        problem = _storable_problem(value, set())
+        if problem:
+            raise TypeError(f"metric {name!r} cannot be stored: its value {problem}")
         self._metrics[name] = value
 
     @property

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import HypothesisError, did_you_mean
 from ..fingerprint import value_fingerprint
+from ._parameters import check_types
 
 Metrics = Mapping[str, Sequence[Any]]
 
@@ -32,6 +34,7 @@ def verifier(fn: Callable[..., Mapping[str, Any]]) -> Callable[..., Verifier]:
     """
 
     def factory(**params: Any) -> Verifier:
+        check_types(fn, params, f"verifier {fn.__name__}()")
         return Verifier(fn, params)
 
     factory.__name__ = fn.__name__
@@ -69,6 +72,35 @@ class Hypothesis:
         self.metrics = [metrics] if isinstance(metrics, str) else list(metrics or [])
         self.ranker = ranker
         self.name = name or (ranker.__name__ if ranker is not None else "hypothesis")
+        #: Where it was declared, for messages (a folder experiment's config file and key).
+        self.source: str | None = None
+
+    def describe(self) -> str:
+        """``hypothesis 'name' (verifier 'v', declared in ...)``, for messages."""
+        verifier_name = getattr(self.verifier, "name", None) or getattr(
+            self.verifier, "__name__", repr(self.verifier))
+        where = f", {self.source}" if self.source else ""
+        return f"hypothesis {self.name!r} (verifier {verifier_name!r}{where})"
+
+    def _call(self, role: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            raise HypothesisError(
+                f"{self.describe()}: its {role} raised {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def unrecorded(self, recorded: Collection[str]) -> str | None:
+        """Why this hypothesis cannot be evaluated on runs that recorded ``recorded``, or None."""
+        for metric in self.metrics:
+            if metric not in recorded:
+                return (
+                    f"{self.describe()}: metric {metric!r} is recorded by no step"
+                    f"{did_you_mean(metric, recorded) or '.'} Recorded metrics: "
+                    f"{', '.join(sorted(recorded)) or 'none'}. Fix the metric's name, or "
+                    f"record it in a step: ctx.record({metric!r}, value)"
+                )
+        return None
 
     def evaluate(self, baseline: Metrics, treatments: Mapping[str, Metrics]) -> HypothesisResult:
         """Run the verifier for every treatment against the baseline and rank the outcomes."""
@@ -83,14 +115,15 @@ class Hypothesis:
             state = random.getstate()
             random.seed(value_fingerprint([self.name, tname]))
             try:
-                out.results[tname] = dict(self.verifier(
-                    {m: list(baseline[m]) for m in names}, {m: list(tmetrics[m]) for m in names}
+                out.results[tname] = dict(self._call(
+                    "verifier", self.verifier,
+                    {m: list(baseline[m]) for m in names}, {m: list(tmetrics[m]) for m in names},
                 ))
             finally:
                 random.setstate(state)
         if self.ranker is not None:
             scored = [
-                (float(self.ranker(res)), t)
+                (float(self._call("ranker", self.ranker, res)), t)
                 for t, res in out.results.items()
                 if "error" not in res
             ]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
+import os
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..fingerprint import code_fingerprint, value_fingerprint
@@ -14,6 +19,80 @@ from ._context import FrozenContext
 def is_artifact(value: Any) -> bool:
     """True for :class:`~crystallize.Artifact` instances (a class flag avoids an import cycle)."""
     return getattr(type(value), "is_artifact", False) is True
+
+
+_SCALARS: dict[type, Callable[[Any], bool]] = {
+    bool: lambda v: isinstance(v, bool),
+    # bool is an int to Python, but `factor: true` for an int is a mistake in a config.
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+    bytes: lambda v: isinstance(v, bytes),
+    type(None): lambda v: v is None,
+    Path: lambda v: isinstance(v, (str, os.PathLike)),
+}
+_CONTAINERS = (list, dict, tuple, set, frozenset)
+
+
+def _matches(value: Any, annotation: Any) -> bool | None:
+    """Whether ``value`` fits ``annotation``; None where the annotation is not one we check.
+
+    Only scalars, containers (not their items), ``Literal`` and unions of those are checked:
+    for any other class a value may still be acceptable (duck typing, conversions).
+    """
+    if annotation is None:
+        annotation = type(None)
+    if annotation in _SCALARS:
+        return _SCALARS[annotation](value)
+    if annotation in _CONTAINERS:
+        return isinstance(value, annotation)
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        verdicts = [_matches(value, arg) for arg in typing.get_args(annotation)]
+        return True if any(verdicts) else (None if None in verdicts else False)
+    if origin in _CONTAINERS:
+        return isinstance(value, origin)
+    if annotation is collections.abc.Callable or origin is collections.abc.Callable:
+        return callable(value)
+    return None
+
+
+def _annotation(fn: Callable[..., Any], param: inspect.Parameter) -> Any:
+    """The parameter's annotation, evaluated if it is a string; ``empty`` if it cannot be."""
+    annotation = param.annotation
+    if isinstance(annotation, str):
+        try:
+            annotation = eval(annotation, getattr(fn, "__globals__", {}))  # noqa: S307
+        except Exception:  # a name only imported for type checkers: not checked
+            return param.empty
+    return annotation
+
+
+def type_mismatch(fn: Callable[..., Any], values: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first of ``values`` that does not fit ``fn``'s annotation of that parameter, as
+    ``(parameter, problem)``, or None."""
+    for name, param in inspect.signature(fn).parameters.items():
+        if name not in values or param.annotation is param.empty:
+            continue
+        annotation = _annotation(fn, param)
+        if annotation is param.empty or _matches(values[name], annotation) is not False:
+            continue
+        text = param.annotation if isinstance(param.annotation, str) else getattr(
+            annotation, "__name__", str(annotation))
+        value = values[name]
+        return name, (f"parameter {name!r} is annotated {text}, got {value!r} "
+                      f"({type(value).__name__})")
+    return None
+
+
+def check_types(fn: Callable[..., Any], values: Mapping[str, Any], label: str) -> None:
+    """Raise :class:`TypeError` naming ``label`` and the parameter if a value does not fit
+    ``fn``'s annotations (see :func:`type_mismatch`)."""
+    mismatch = type_mismatch(fn, values)
+    if mismatch:
+        raise TypeError(f"{label}: {mismatch[1]}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +166,7 @@ class Parametrised:
                 f"{self.fn.__name__}() got unexpected parameter(s) {sorted(unknown)}; "
                 f"it accepts {sorted(known) or 'none'}"
             )
+        check_types(fn, self.params, f"{fn.__name__}()")
 
     @property
     def artifact_params(self) -> list[str]:

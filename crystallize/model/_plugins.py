@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._parameters import check_types
+
 if TYPE_CHECKING:
     from ..experiment import Experiment
     from ._context import FrozenContext
@@ -67,6 +69,9 @@ class ArtifactPlugin(BasePlugin):
         *,
         fsync: bool = False,
     ) -> None:
+        check_types(ArtifactPlugin.__init__, {
+            "root_dir": root_dir, "versioned": versioned,
+            "artifact_retention": artifact_retention, "fsync": fsync}, "ArtifactPlugin")
         if artifact_retention < 1:
             raise ValueError(f"artifact_retention must be >= 1, got {artifact_retention}")
         self.root_dir = Path(root_dir)
@@ -89,6 +94,8 @@ class LoggingPlugin(BasePlugin):
     """
 
     def __init__(self, verbose: bool = False, log_level: str | int = "INFO") -> None:
+        check_types(LoggingPlugin.__init__, {"verbose": verbose, "log_level": log_level},
+                    "LoggingPlugin")
         self.verbose = verbose
         self.level = logging.getLevelName(log_level) if isinstance(log_level, str) else log_level
         if not isinstance(self.level, int):
@@ -139,6 +146,7 @@ class SeedPlugin(BasePlugin):
     """
 
     def __init__(self, seed: int | None = None, seed_fn: Callable[[int], Any] | None = None):
+        check_types(SeedPlugin.__init__, {"seed": seed, "seed_fn": seed_fn}, "SeedPlugin")
         self.seed = seed
         self.seed_fn = seed_fn
 

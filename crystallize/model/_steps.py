@@ -24,10 +24,13 @@ class PipelineStep(Parametrised):
     _leading = 2
 
     def __init__(
-        self, fn: Callable[..., Any], params: Mapping[str, Any], *, cacheable: bool = False
+        self, fn: Callable[..., Any], params: Mapping[str, Any], *, cacheable: bool = False,
+        timeout: float | None = None,
     ) -> None:
         super().__init__(fn, params)
         self.cacheable = cacheable
+        #: The most seconds one call may take (see :func:`pipeline_step`).
+        self.timeout = check_timeout(timeout, f"step {fn.__name__!r}")
         self.is_async = inspect.iscoroutinefunction(fn)
 
     @property
@@ -39,28 +42,46 @@ class PipelineStep(Parametrised):
         return f"{self.fn.__name__}({args})"
 
 
+def check_timeout(timeout: Any, where: str) -> float | None:
+    """``timeout`` as seconds (None: no limit); a clear error for anything but a number > 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"{where}: timeout must be a number of seconds > 0, got {timeout!r}")
+    return float(timeout)
+
+
 @overload
 def pipeline_step(fn: Callable[..., Any], /) -> Callable[..., PipelineStep]: ...
 @overload
 def pipeline_step(
-    *, cacheable: bool = False
+    *, cacheable: bool = False, timeout: float | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., PipelineStep]]: ...
 
 
-def pipeline_step(fn: Callable[..., Any] | None = None, /, *, cacheable: bool = False) -> Any:
+def pipeline_step(
+    fn: Callable[..., Any] | None = None, /, *, cacheable: bool = False,
+    timeout: float | None = None,
+) -> Any:
     """Turn ``fn(data, ctx, **params)`` into a step factory.
 
     ``scale(factor=2)`` then returns a :class:`PipelineStep`. Use bare (``@pipeline_step``) or
     called (``@pipeline_step(cacheable=True)``). With ``cacheable=True`` the step's outputs are
     kept in a cache shared by every worker and run, keyed by its code, parameters, the context
-    values it reads and its input.
+    values it reads and its input. With ``timeout=seconds`` a call that takes longer fails its
+    unit with a :class:`TimeoutError` (the factory's ``timeout=`` overrides it per step).
     """
+    check_timeout(timeout, "pipeline_step")
 
     def wrap(func: Callable[..., Any]) -> Callable[..., PipelineStep]:
         analyse_signature(func, 2)  # fail at decoration time on a signature we cannot read
 
         def factory(**params: Any) -> PipelineStep:
-            return PipelineStep(func, params, cacheable=cacheable)
+            # `timeout` belongs to the step unless the function has a parameter of that name.
+            limit = timeout
+            if "timeout" in params and "timeout" not in inspect.signature(func).parameters:
+                limit = params.pop("timeout")
+            return PipelineStep(func, params, cacheable=cacheable, timeout=limit)
 
         factory.__name__ = func.__name__
         factory.__qualname__ = func.__qualname__

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, overload
 
 from ..fingerprint import code_fingerprint, value_fingerprint
+from ..store import path_name_problem
 from ._context import RESERVED_KEYS, FrozenContext, reserved_key_message
 
 BASELINE = "baseline"
@@ -24,8 +25,12 @@ class Treatment:
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a treatment needs a non-empty name, got {name!r}")
-        if "/" in name or name.startswith("."):
-            raise ValueError(f"treatment name {name!r} is used as a directory name; avoid '/'")
+        problem = path_name_problem(name)
+        if problem:
+            raise ValueError(
+                f"treatment name {name!r} {problem}; it names the condition's folder in the "
+                "store. Rename the treatment"
+            )
         if apply is None:
             apply = {}
         if not (isinstance(apply, Mapping) or callable(apply)):

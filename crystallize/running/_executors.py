@@ -29,10 +29,20 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from ._unit import UnitOutcome, UnitTask, run_pickled_units, run_unit, unpack_outcome
+from ._unit import (
+    UnitOutcome,
+    UnitTask,
+    run_pickled_units,
+    run_unit,
+    timed_out,
+    unpack_outcome,
+)
 
 if TYPE_CHECKING:
     from ..experiment import Experiment
+
+#: Seconds a process worker gets past its unit's timeout before it is stopped from outside.
+KILL_GRACE = 1.0
 
 
 @dataclass
@@ -128,6 +138,17 @@ class Executor:
         """Run one unit to completion and return its outcome (by default, a batch of one)."""
         return (await self.run_batch([job]))[0]
 
+    async def run_within(self, job: UnitJob, seconds: float) -> UnitOutcome:
+        """Run one unit that may take at most ``seconds``; past that it fails with
+        :class:`TimeoutError` and the rest of the run goes on.
+
+        By default the unit is abandoned where it runs (a thread cannot be stopped); the
+        process executor stops the unit's worker instead.
+        """
+        with anyio.move_on_after(seconds):
+            return await self.run(job)
+        return _timed_out(job, seconds)
+
     async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
         """Run units of one experiment and return their outcomes, in order.
 
@@ -137,6 +158,11 @@ class Executor:
         default they simply run one after another.
         """
         return [await self.run(job) for job in jobs]
+
+
+def _timed_out(job: UnitJob, seconds: float) -> UnitOutcome:
+    error = timed_out(job.task, job.experiment.name or "", seconds, "the unit")
+    return UnitOutcome(job.task.condition, job.task.replicate, error=error)
 
 
 class InlineExecutor(Executor):
@@ -153,6 +179,10 @@ class InlineExecutor(Executor):
         await anyio.lowlevel.checkpoint()  # let the scheduler make progress between units
         return outcome
 
+    async def run_within(self, job: UnitJob, seconds: float) -> UnitOutcome:
+        # Units run in this (the main) thread, where the unit's own timer interrupts them.
+        return await self.run(job)
+
 
 class ThreadExecutor(Executor):
     """Runs units in worker threads (``max_workers`` at once)."""
@@ -164,8 +194,17 @@ class ThreadExecutor(Executor):
         return self
 
     async def run(self, job: UnitJob) -> UnitOutcome:
+        return await self._in_thread(job, abandon=False)
+
+    async def run_within(self, job: UnitJob, seconds: float) -> UnitOutcome:
+        # The thread cannot be stopped: it is left to finish on its own, its outcome unused.
+        with anyio.move_on_after(seconds):
+            return await self._in_thread(job, abandon=True)
+        return _timed_out(job, seconds)
+
+    async def _in_thread(self, job: UnitJob, *, abandon: bool) -> UnitOutcome:
         return await anyio.to_thread.run_sync(
-            run_unit, job.experiment, job.task, limiter=self._limiter
+            run_unit, job.experiment, job.task, limiter=self._limiter, abandon_on_cancel=abandon
         )
 
 
@@ -255,10 +294,20 @@ class ProcessExecutor(Executor):
         # blamed and the units that merely shared the pool with it still finish.
         return [await self._alone(job) for job in jobs]
 
-    async def _alone(self, job: UnitJob) -> UnitOutcome:
+    async def run_within(self, job: UnitJob, seconds: float) -> UnitOutcome:
+        # In its own process, so that stopping it stops no other unit. The unit's own timer
+        # (see unit.py) normally fails it first, naming the step; the grace is for code that
+        # does not return to Python (a call into C) when the timer fires.
+        return await self._alone(job, seconds + KILL_GRACE)
+
+    async def _alone(self, job: UnitJob, seconds: float | None = None) -> UnitOutcome:
         alone = cf.ProcessPoolExecutor(1, mp_context=self.mp_context)
         try:
-            return (await self._trip(alone, [job]))[0]
+            with anyio.move_on_after(seconds):
+                return (await self._trip(alone, [job]))[0]
+            self._terminate(alone)
+            assert seconds is not None
+            return _timed_out(job, seconds - KILL_GRACE)
         except BrokenProcessPool as exc:
             error = RuntimeError(f"worker process died while running this unit, twice: {exc}")
             return UnitOutcome(job.task.condition, job.task.replicate, error=error)

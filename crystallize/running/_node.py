@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
@@ -17,7 +18,7 @@ from filelock import FileLock, Timeout
 
 from ..errors import PicklingError, UnitError
 from ..model import BASELINE, ConditionMetrics, Event, ExperimentMetrics, Result
-from ..store import ExperimentStore, LeaseBook, StoredVersion
+from ..store import ExperimentStore, LeaseBook, StoredVersion, unusable_lock
 from ._executors import UnitJob
 from ._resume import Plan, experiment_fingerprint, plan_run, treatment_fingerprint
 from ._unit import UnitOutcome, UnitTask, UpstreamView, arun_unit
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
     from ..experiment import Experiment
     from ._executors import Executor
+
+#: The most units of one experiment queued or running at once.
+UNIT_WINDOW = 4096
 
 
 class ExperimentRunFailed(Exception):
@@ -50,6 +54,8 @@ async def acquire_lock(path: Path) -> FileLock:
         except Timeout:
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.2)
+        except PermissionError as exc:
+            raise unusable_lock(path, exc) from None
 
 
 def _find_unpicklable(exp: Experiment) -> str:
@@ -334,6 +340,14 @@ class ExperimentRun:
         executed_units = [o for per in outcomes.values() for o in per.values()]
         failed = bool(executed_units) and all(o.error is not None for o in executed_units) \
             and not plan.reuse
+        if failed:
+            first = next(iter(errors.values()))
+            cause = (f"all {len(executed_units)} unit(s) failed; first error: "
+                     f"{type(first).__name__}: {first}")
+        else:
+            recorded = {m for record in records.values() for m in record["metrics"]}
+            cause = next(filter(None, (h.unrecorded(recorded) for h in exp.hypotheses)), "")
+            failed = bool(cause)
         finished = time.time()
         metadata = {
             "experiment": name,
@@ -370,10 +384,7 @@ class ExperimentRun:
             reused=[c for c in plan.reuse if c not in outcomes], failed=failed,
         )
         if failed:
-            first = next(iter(errors.values()))
-            raise ExperimentRunFailed(
-                f"all {len(executed_units)} unit(s) failed; first error: "
-                f"{type(first).__name__}: {first}", result)
+            raise ExperimentRunFailed(cause, result)
         inputs.discard(retired)
         inputs.emit(exp, Event("finished", name, version=writer.number,
                                duration=finished - started))
@@ -387,24 +398,32 @@ class ExperimentRun:
     ) -> dict[str, dict[int, UnitOutcome]]:
         exp, inputs = self.exp, self.inputs
         name = exp.name or ""
-        jobs = [
+        # Made as they are needed, at most UNIT_WINDOW at a time: a huge replicate count must
+        # not hold every unit in memory at once.
+        jobs = (
             UnitJob(exp, UnitTask(cond, rep, seeds[rep], str(version_path), views, cache_dir),
                     blob, key)
             for cond, reps in plan.execute.items() for rep in reps
-        ]
+        )
+        total = sum(len(reps) for reps in plan.execute.values())
         outcomes: dict[str, dict[int, UnitOutcome]] = {}
-        send, receive = anyio.create_memory_object_stream[UnitOutcome](len(jobs) or 1)
+        send, receive = anyio.create_memory_object_stream[UnitOutcome](
+            min(total, UNIT_WINDOW) or 1)
         async with send, receive, anyio.create_task_group() as tg:
-            if exp.pipeline.is_async:
-                async def run_async(job: UnitJob) -> None:
-                    send.send_nowait(await arun_unit(job.experiment, job.task))
-                for job in jobs:
-                    tg.start_soon(run_async, job)
-            else:
-                for job in jobs:
-                    inputs.submit(name, job, send)
-            for _ in jobs:
+            async def run_async(job: UnitJob) -> None:
+                send.send_nowait(await arun_unit(job.experiment, job.task))
+
+            def feed(count: int) -> None:
+                for job in itertools.islice(jobs, count):
+                    if exp.pipeline.is_async:
+                        tg.start_soon(run_async, job)
+                    else:
+                        inputs.submit(name, job, send)
+
+            feed(UNIT_WINDOW)
+            for _ in range(total):
                 outcome = await receive.receive()
+                feed(1)
                 outcomes.setdefault(outcome.condition, {})[outcome.replicate] = outcome
                 error = None
                 if outcome.error is not None:

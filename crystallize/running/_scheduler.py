@@ -15,6 +15,7 @@ work, never so large that the workers would not all get a share of what is left.
 
 from __future__ import annotations
 
+import errno
 import functools
 import heapq
 import itertools
@@ -28,7 +29,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ..errors import ExperimentFailedError
+from ..errors import CallbackError, ExperimentFailedError
 from ..fingerprint import snapshot
 from ..model import Event, Treatment, check_replicates, check_strategy
 from ..store import LeaseBook
@@ -106,6 +107,8 @@ class Scheduler:
         self._queued: dict[str, int] = {}
         #: per experiment: units finished so far and their total wall time in the workers
         self._walls: dict[str, tuple[int, float]] = {}
+        self._scope: anyio.CancelScope | None = None  # the whole run's, made by run()
+        self._callback_error: CallbackError | None = None
 
     # -- priorities -------------------------------------------------------------------------
     def _rank_nodes(self) -> None:
@@ -134,10 +137,29 @@ class Scheduler:
 
     # -- events -----------------------------------------------------------------------------
     def emit(self, exp: Experiment, event: Event) -> None:
-        for plugin in exp.plugins:
-            plugin.on_event(exp, event)
+        callbacks: list[tuple[str, Callable[[], Any]]] = [
+            (f"plugin {type(p).__name__}.on_event", functools.partial(p.on_event, exp, event))
+            for p in exp.plugins
+        ]
         if self.options.on_event is not None:
-            self.options.on_event(event)
+            callback = self.options.on_event
+            label = getattr(callback, "__qualname__", None) or repr(callback)
+            callbacks.append((f"on_event callback {label}", functools.partial(callback, event)))
+        for label, call in callbacks:
+            try:
+                call()
+            except Exception as exc:
+                # Stop the run and report the callback itself, once, after the task groups
+                # have unwound (an error raised here would escape as an ExceptionGroup).
+                if self._callback_error is None:
+                    self._callback_error = CallbackError(
+                        f"{label} raised {type(exc).__name__}: {exc} (on a {event.kind!r} event "
+                        f"of experiment {event.experiment!r}); the run was stopped. Fix the "
+                        "callback: it must not raise"
+                    )
+                    self._callback_error.__cause__ = exc
+                    if self._scope is not None:
+                        self._scope.cancel()
 
     # -- the unit queue ---------------------------------------------------------------------
     def submit(self, experiment: str, job: UnitJob, stream: MemoryObjectSendStream[UnitOutcome]):
@@ -162,7 +184,9 @@ class Scheduler:
             _, _, job, target = heapq.heappop(self._heap)
             name = job.experiment.name or ""
             batch = [(job, target)]
-            size = self.batch_size(name)
+            # A unit with a timeout travels alone, so that stopping it stops nothing else.
+            limit = job.experiment.unit_timeout
+            size = 1 if limit is not None else self.batch_size(name)
             # Units of one experiment have one priority, so they sit together at the top.
             heap = self._heap
             while len(batch) < size and heap and heap[0][2].experiment is job.experiment:
@@ -171,7 +195,10 @@ class Scheduler:
             self._queued[name] -= len(batch)
             jobs = [j for j, _ in batch]
             try:
-                outcomes = await self.executor.run_batch(jobs)
+                if limit is not None:
+                    outcomes = [await self.executor.run_within(job, limit)]
+                else:
+                    outcomes = await self.executor.run_batch(jobs)
             except Exception as exc:  # the executor itself failed for these units
                 outcomes = [UnitOutcome(j.task.condition, j.task.replicate, error=exc)
                             for j in jobs]
@@ -214,12 +241,23 @@ class Scheduler:
         finally:
             self._done[name].set()
 
+    def _check_store_roots(self) -> None:
+        for exp in self.graph.experiments.values():
+            root = exp.store_plugin.root_dir
+            if root.exists() and not root.is_dir():
+                raise NotADirectoryError(
+                    errno.ENOTDIR, f"experiment {exp.name!r} stores its runs in {str(root)!r}, "
+                    "which is a file, not a folder. Move the file away, or choose another "
+                    "folder with ArtifactPlugin(root_dir=...)", str(root),
+                )
+
     async def run(self) -> dict[str, Result]:
+        self._check_store_roots()
         self._rank_nodes()
         order = self.graph.topological_order()
         try:
             # Nothing is edited mid-run, so each step function is fingerprinted once per run.
-            with snapshot():
+            with snapshot(), anyio.CancelScope() as self._scope:
                 async with self.executor, anyio.create_task_group() as background:
                     self._background = background
                     async with anyio.create_task_group() as dispatchers:
@@ -232,6 +270,8 @@ class Scheduler:
         finally:
             for book in self._books.values():
                 book.close()
+        if self._callback_error is not None:
+            raise self._callback_error
         results = {name: self.results[name] for name in order if name in self.results}
         if self.failures:
             raise ExperimentFailedError(self.failures, results)

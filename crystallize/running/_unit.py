@@ -6,10 +6,13 @@ event loop), so everything it receives and returns is picklable and self-contain
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
+import signal
+import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +22,7 @@ import anyio
 import cloudpickle
 
 from ..errors import MissingArtifactError, PicklingError, UnitError
-from ..model import BASELINE, FrozenContext, unit_scope
+from ..model import BASELINE, FrozenContext, is_artifact, unit_scope
 
 if TYPE_CHECKING:
     from ..experiment import Experiment
@@ -79,6 +82,11 @@ def _portable(exc: BaseException) -> BaseException:
         return UnitError(type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc)))
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class UnitRun:
     """State of one unit while its pipeline executes; also the sink its artifacts write to."""
 
@@ -89,7 +97,7 @@ class UnitRun:
         self.version_path = Path(task.version_path)
         self._step: PipelineStep | None = None
         self._captured: list[tuple[str, bytes]] | None = None
-        self._t0 = time.perf_counter()
+        self.started = time.perf_counter()
         self._c0 = time.thread_time()
 
     # -- the runtime the context exposes to artifacts ---------------------------------------
@@ -150,11 +158,20 @@ class UnitRun:
         finally:
             self._captured = None
 
+    def _relative(self, step: str, file_name: str) -> str:
+        return f"replicate_{self.task.replicate}/{self.task.condition}/{step}/{file_name}"
+
     def write_artifact(self, artifact: Artifact, payload: bytes) -> Path:
         from ..store import atomic_write
 
         step = self._step.name if self._step is not None else "datasource"
-        rel = f"replicate_{self.task.replicate}/{self.task.condition}/{step}/{artifact.name}"
+        rel = self._relative(step, artifact.name)
+        earlier = self.outcome.artifacts.get(artifact.name)
+        if earlier is not None and earlier != rel:
+            raise ValueError(
+                f"artifact {artifact.name!r} is written by two steps ({earlier.split('/')[-2]} "
+                f"and {step}); consumers would read only one. Give each step its own output"
+            )
         path = self.version_path / rel
         atomic_write(path, payload, fsync=self.experiment.store_plugin.fsync)
         self.outcome.artifacts[artifact.name] = rel
@@ -190,7 +207,14 @@ class UnitRun:
     def absorb(self, step: PipelineStep, result: Any, ctx: FrozenContext, started: float) -> Any:
         """Record a step's result; returns the data for the next step."""
         data, metrics = result, None
-        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict):
+        if isinstance(result, tuple):
+            if len(result) != 2 or not isinstance(result[1], Mapping):
+                raise TypeError(
+                    f"step {step.fn.__name__!r} returned a {len(result)}-tuple "
+                    f"{_short(result)}; a step returns its data, or (data, {{metric: value}}) "
+                    "with the metrics in a dict. Return (data, {'score': score}) to record "
+                    "metrics, or [a, b] (or ((a, b), {})) to pass a tuple on as data"
+                )
             data, metrics = result
         if metrics:
             for name, value in metrics.items():
@@ -201,25 +225,126 @@ class UnitRun:
         self._step = None
         return data
 
+    def check_outputs(self) -> None:
+        """Fail a unit whose steps received an output but did not write it.
+
+        Consumers read one file per replicate: a replicate without it would be published as
+        complete with a hole that surfaces only downstream.
+        """
+        exp = self.experiment
+        for step in exp.pipeline.steps:
+            for param in step.artifact_params:
+                given: Any = step.params.get(param)
+                name = (given if is_artifact(given) else exp.output_for(param)).name
+                if name not in self.outcome.artifacts:
+                    missing = self.version_path / self._relative(step.name, name)
+                    raise RuntimeError(
+                        f"step {step.fn.__name__!r} did not write output {name!r} in replicate "
+                        f"{self.task.replicate} of condition {self.task.condition!r} (missing "
+                        f"path: {missing}); every unit must write it ({param}.write(obj)), "
+                        "since consumers read it for each replicate"
+                    )
+
     def fail(self, exc: BaseException) -> None:
+        if not isinstance(exc, Exception):
+            where = f"step {self._step.fn.__name__!r}" if self._step else "the datasource"
+            what = (f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
+                    else "raised KeyboardInterrupt")
+            cause = exc
+            exc = RuntimeError(
+                f"{where} {what}, which ends only this unit; to fail a unit, raise an exception"
+            )
+            exc.__cause__ = cause
         self.outcome.error = _portable(exc)
         self.outcome.traceback = "".join(traceback.format_exception(exc))
 
     def finish(self, ctx: FrozenContext | None) -> UnitOutcome:
         if ctx is not None:
             self.outcome.metrics = ctx.metrics
-        self.outcome.wall = time.perf_counter() - self._t0
+        self.outcome.wall = time.perf_counter() - self.started
         self.outcome.cpu = time.thread_time() - self._c0
         return self.outcome
 
 
+def timed_out(task: UnitTask, experiment: str, seconds: float, what: str) -> TimeoutError:
+    return TimeoutError(
+        f"experiment {experiment!r}, condition {task.condition!r}, replicate {task.replicate}: "
+        f"{what} took longer than its timeout of {seconds:g} s and was stopped"
+    )
+
+
+def _limit(run: UnitRun, step: PipelineStep) -> tuple[float, TimeoutError] | None:
+    """Seconds ``step`` may still run (its own timeout or what is left of its unit's), and
+    the error to fail it with then; None without a limit."""
+    exp = run.experiment
+    limits = []
+    if step.timeout is not None:
+        limits.append((step.timeout, step.timeout, f"step {step.fn.__name__!r}"))
+    if exp.timeout is not None:
+        left = exp.timeout - (time.perf_counter() - run.started)
+        limits.append((left, exp.timeout, f"the unit (in step {step.fn.__name__!r})"))
+    if not limits:
+        return None
+    seconds, total, what = min(limits)
+    return seconds, timed_out(run.task, exp.name or "", total, what)
+
+
+@contextmanager
+def _time_limit(run: UnitRun, step: PipelineStep) -> Iterator[None]:
+    """Interrupt ``step`` with :class:`TimeoutError` when its or its unit's timeout expires.
+
+    A timer signal can only interrupt the main thread of a process: that is where process
+    workers and the inline executor run units. Elsewhere (threads, Dask) the scheduler enforces
+    the unit's timeout from outside.
+    """
+    limit = _limit(run, step)
+    if (limit is None or not hasattr(signal, "setitimer")
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+    seconds, error = limit
+    if seconds <= 0:
+        raise error
+
+    def expire(signum: int, frame: Any) -> None:
+        raise error
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _call_step(run: UnitRun, step: PipelineStep, data: Any, ctx: FrozenContext) -> Any:
+    with _time_limit(run, step):
+        return _call_step_now(run, step, data, ctx)
+
+
+def _call_step_now(run: UnitRun, step: PipelineStep, data: Any, ctx: FrozenContext) -> Any:
     args = run.arguments(step, data, ctx)
     if step.cacheable and run.task.cache_dir:
         from ..store import StepCache
 
         return StepCache(Path(run.task.cache_dir)).call(run, step, data, ctx, args)
     return step.fn(*args, **step.resolve(ctx, run.bind))
+
+
+def _caught(exc: BaseException) -> bool:
+    """Whether ``exc``, raised inside a unit, is that unit's failure rather than the run's.
+
+    ``sys.exit()`` in a step is. So is a ``KeyboardInterrupt``, except in the main thread of the
+    process driving the run (the inline executor, async steps): there it may be the user's
+    Ctrl-C, which must stop the whole run.
+    """
+    if isinstance(exc, (Exception, SystemExit)):
+        return True
+    return isinstance(exc, KeyboardInterrupt) and not (
+        threading.current_thread() is threading.main_thread()
+        and multiprocessing.parent_process() is None
+    )
 
 
 def run_unit(experiment: Experiment, task: UnitTask) -> UnitOutcome:
@@ -232,7 +357,10 @@ def run_unit(experiment: Experiment, task: UnitTask) -> UnitOutcome:
             for step in experiment.pipeline.steps:
                 started = time.perf_counter()
                 data = run.absorb(step, _call_step(run, step, data, ctx), ctx, started)
-    except Exception as exc:
+            run.check_outputs()
+    except BaseException as exc:
+        if not _caught(exc):
+            raise
         run.fail(exc)
     return run.finish(ctx)
 
@@ -253,11 +381,18 @@ async def arun_unit(experiment: Experiment, task: UnitTask) -> UnitOutcome:
                 started = time.perf_counter()
                 if step.is_async:
                     args = run.arguments(step, data, ctx)
-                    result = await step.fn(*args, **step.resolve(ctx, run.bind))
+                    limit = _limit(run, step)
+                    with anyio.move_on_after(limit[0] if limit else None) as scope:
+                        result = await step.fn(*args, **step.resolve(ctx, run.bind))
+                    if limit is not None and scope.cancelled_caught:
+                        raise limit[1]
                 else:
                     result = await anyio.to_thread.run_sync(_call_step, run, step, data, ctx)
                 data = run.absorb(step, result, ctx, started)
-    except Exception as exc:
+            run.check_outputs()
+    except BaseException as exc:
+        if not _caught(exc):
+            raise
         run.fail(exc)
     return run.finish(ctx)
 

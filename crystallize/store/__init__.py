@@ -5,6 +5,17 @@ Knows nothing of experiments beyond names and fingerprints.
 """
 
 from ._cache import StepCache
-from ._store import MARKER, ExperimentStore, LeaseBook, StoredVersion, atomic_write
+from ._store import (
+    MARKER,
+    ExperimentStore,
+    LeaseBook,
+    StoredVersion,
+    atomic_write,
+    path_name_problem,
+    unusable_lock,
+)
 
-__all__ = ["MARKER", "ExperimentStore", "LeaseBook", "StepCache", "StoredVersion", "atomic_write"]
+__all__ = [
+    "MARKER", "ExperimentStore", "LeaseBook", "StepCache", "StoredVersion", "atomic_write",
+    "path_name_problem", "unusable_lock",
+]

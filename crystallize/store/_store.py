@@ -52,6 +52,27 @@ METADATA = "metadata.json"
 RESULTS = "results.json"
 MARKER = ".crystallize_complete"
 _VERSION = re.compile(r"^v(\d+)$")
+# Names the store gives files and folders next to experiments' and conditions' folders.
+_STORE_NAME = re.compile(r"^(metadata\.json|results\.json|replicate_\d+)$")
+
+
+def path_name_problem(name: str) -> str | None:
+    """Why ``name`` (of an experiment or a condition) cannot be a folder of the store, or None.
+
+    Checked when the name is given, so that a bad one fails before any unit runs, not when the
+    run is published and its work would be lost.
+    """
+    if "\0" in name:
+        return "contains a NUL character"
+    if "/" in name or "\\" in name:
+        return "contains a path separator ('/' or '\\')"
+    if name.startswith("."):
+        return "starts with '.', which the store keeps for its own hidden files"
+    if _STORE_NAME.match(name):
+        return "is the name of a file or folder the store writes itself"
+    if len(name.encode()) > 200:
+        return "is longer than a file name may be (200 bytes)"
+    return None
 
 
 def atomic_write(path: Path, data: bytes, *, fsync: bool = False) -> None:
@@ -130,6 +151,14 @@ def _held_by_someone(path: Path) -> bool:
         return True
     lock.release()
     return False
+
+
+def unusable_lock(path: Path, exc: OSError) -> PermissionError:
+    """The error for a lock file this process may not open, saying what to do about it."""
+    return PermissionError(
+        exc.errno, f"cannot take this lock file ({exc.strerror}); it holds no data: make it "
+        "writable (chmod u+w) or delete it", str(path),
+    )
 
 
 class LeaseBook:
@@ -278,8 +307,15 @@ class ExperimentStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.dir / ".lock"):
+        lock = FileLock(self.dir / ".lock")
+        try:
+            lock.acquire()
+        except PermissionError as exc:
+            raise unusable_lock(self.dir / ".lock", exc) from None
+        try:
             yield
+        finally:
+            lock.release()
 
     @property
     def run_lock_path(self) -> Path:
