@@ -79,8 +79,9 @@ class GraphError(CrystallizeError, ValueError):
 class MissingArtifactError(CrystallizeError, FileNotFoundError):
     """An artifact a unit reads is not in the store.
 
-    ``producer`` is the experiment that should have written it; ``path`` the folder of its
-    stored version where the file should be, or ``None`` when it has no complete version.
+    ``producer`` is the experiment that should have written it; ``path`` the file that is
+    missing (``*`` standing for the step folder when no step wrote it), or ``None`` when the
+    producer has no complete version at all.
     """
 
     def __init__(

@@ -11,6 +11,7 @@ from crystallize import (
     Experiment,
     ExperimentGraph,
     FrozenContext,
+    MissingArtifactError,
     data_source,
     pipeline_step,
 )
@@ -57,3 +58,26 @@ def test_a_consumer_still_reads_its_upstream_artifact_through_the_running_unit()
     consumer = Experiment(out, [read()], name="c", replicates=2)
     results = ExperimentGraph(producer, consumer).run(executor="thread")
     assert results["c"].metrics.baseline.metrics["read"] == [6, 7]
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_a_missing_upstream_artifact_names_its_producer_and_path(executor: str) -> None:
+    out = Artifact("n.txt")
+
+    @pipeline_step()
+    def flaky(data, ctx, artifact: Artifact):
+        if ctx["replicate"] == 1:
+            raise ValueError("replicate 1 writes nothing")
+        artifact.write(b"x")
+        return data
+
+    producer = Experiment(numbers(), [flaky(artifact=out)], name="p", outputs=[out],
+                          replicates=2)
+    consumer = Experiment(out, [inspect()], name="c", replicates=2)
+    results = ExperimentGraph(producer, consumer).run(executor=executor)
+    (error,) = results["c"].errors.values()
+    assert isinstance(error, MissingArtifactError) and isinstance(error, FileNotFoundError)
+    assert error.producer == "p"
+    assert error.path is not None and error.path.parts[-4:] == (
+        "replicate_1", "baseline", "*", "n.txt")
+    assert str(error.path) in str(error)

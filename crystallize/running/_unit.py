@@ -117,21 +117,24 @@ class UnitRun:
                     f"reading its baseline {artifact.name}"
                 )
             condition = BASELINE
+        rep = self.task.replicate % view.replicates
+        # Where the producer would have written it; * stands for the step that never did.
+        missing = (Path(view.path) / f"replicate_{rep}" / condition / (artifact.step or "*")
+                   / artifact.name)
         per_rep = view.artifacts.get(condition, {}).get(artifact.name)
         if per_rep is None:
             raise MissingArtifactError(
                 f"{view.experiment} v{view.version} has no artifact {artifact.name!r} "
-                f"(missing path: {Path(view.path) / condition}/.../{artifact.name}); check that a "
-                f"step of {view.experiment} writes it",
-                producer=view.experiment, path=Path(view.path) / condition,
+                f"(missing path: {missing}); check that a step of {view.experiment} writes it",
+                producer=view.experiment, path=missing,
             )
-        rep = self.task.replicate % view.replicates
         rel = per_rep[rep] if rep < len(per_rep) else None
         if rel is None:
             raise MissingArtifactError(
                 f"{view.experiment} v{view.version}: replicate {rep} of {condition} wrote no "
-                f"{artifact.name!r} (that unit failed or skipped the write)",
-                producer=view.experiment, path=Path(view.path) / condition,
+                f"{artifact.name!r} (missing path: {missing}; that unit failed or skipped the "
+                "write)",
+                producer=view.experiment, path=missing,
             )
         return Path(view.path) / rel
 

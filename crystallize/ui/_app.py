@@ -16,7 +16,6 @@ Three screens, all built on the same functions as the plain commands:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,13 @@ from textual.widgets import (
 )
 
 from ..config import CONFIG_FILE, display_path, load_experiment, scaffold
-from ..errors import ConfigError, ExperimentFailedError, GraphError, ScaffoldError
+from ..errors import (
+    ConfigError,
+    ExperimentFailedError,
+    GraphError,
+    MissingArtifactError,
+    ScaffoldError,
+)
 from ..experiment import Experiment, ExperimentGraph
 from ..model import Event
 from ..render import format_values, hypothesis_lines
@@ -53,7 +58,6 @@ GRAPH_ICON, LOCK_ICON = "📈", "🔒"
 #: Folders never searched for experiments: stores, environments, caches.
 _SKIPPED = {"data", "node_modules", "__pycache__", "venv", "site-packages"}
 _MAX_DEPTH = 3
-_MISSING_PATH = re.compile(r"missing path: ([^)]+)\)")
 
 
 @dataclass
@@ -362,7 +366,10 @@ class RunScreen(Screen[None]):
         lines = [f"{name}: {cause}" for name, cause in failures.items()]
         for row in self.rows:
             lines += row.notes
-        missing = sorted({m for line in lines for m in _MISSING_PATH.findall(line)})
+        missing = sorted({
+            str(error.path) for result in results.values() for error in result.errors.values()
+            if isinstance(error, MissingArtifactError) and error.path is not None
+        })
         lines += [f"missing path: {m}" for m in missing]
         self.show_errors(lines)
 
