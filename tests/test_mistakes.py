@@ -167,6 +167,76 @@ def mistake(error: type[BaseException], *names: str, before_run: bool = True):
     return register
 
 
+# -- SPEC 3: names, references and syntax in a config -----------------------------------------
+@mistake(ConfigError, "exp/config.yaml", "steps[0]", "'scael'", "did you mean 'scale'")
+def unknown_step(tmp: Path) -> object:
+    return ExperimentGraph.from_yaml(folder(tmp, config="steps: [scael]\n"))
+
+
+@mistake(ConfigError, "exp/config.yaml", "'datasource'", "'lod'", "datasources.py")
+def unknown_datasource(tmp: Path) -> object:
+    config = "datasource: lod\nsteps: [scale]\n"
+    return ExperimentGraph.from_yaml(folder(tmp, config=config, datasources="def load(ctx):\n"
+                                            "    return 1\n"))
+
+
+@mistake(ConfigError, "exp/config.yaml", "outputs.out.loader", "'load_jsn'")
+def unknown_loader(tmp: Path) -> object:
+    config = "steps: [first]\noutputs: {out: {file_name: o.json, loader: load_jsn}}\n"
+    return ExperimentGraph.from_yaml(
+        folder(tmp, config=config, steps=WRITE_TWICE, outputs=OUTPUTS))
+
+
+@mistake(ConfigError, "exp/config.yaml", "hypotheses[0].verifier", "'dif'", "did you mean 'diff'")
+def unknown_verifier(tmp: Path) -> object:
+    config = CONFIG + "hypotheses: [{verifier: dif, metrics: score}]\n"
+    return ExperimentGraph.from_yaml(folder(tmp, config=config))
+
+
+@mistake(ConfigError, "consumer/config.yaml", "'datasource'", "'producr'",
+         "did you mean 'producer'")
+def reference_to_a_missing_experiment(tmp: Path) -> object:
+    folder(tmp, "producer", config="steps: [first]\noutputs: {out: o.txt}\n", steps=WRITE_TWICE)
+    folder(tmp, "consumer", config="datasource: producr#out\nsteps: [scale]\n")
+    return ExperimentGraph.from_yaml(tmp / "consumer")
+
+
+@mistake(ConfigError, "consumer/config.yaml", "'datasource'", "no output 'ot'",
+         "did you mean 'out'")
+def reference_to_a_missing_output(tmp: Path) -> object:
+    folder(tmp, "producer", config="steps: [first]\noutputs: {out: o.txt}\n", steps=WRITE_TWICE)
+    folder(tmp, "consumer", config="datasource: producer#ot\nsteps: [scale]\n")
+    return ExperimentGraph.from_yaml(tmp / "consumer")
+
+
+@mistake(ConfigError, "exp/config.yaml", "outputs.summary", "written by no step")
+def output_no_step_writes(tmp: Path) -> object:
+    return ExperimentGraph.from_yaml(folder(tmp, config=CONFIG + "outputs: {summary: s.json}\n"))
+
+
+@mistake(ConfigError, "exp/config.yaml", "malformed YAML at line", "unclosed")
+def malformed_yaml(tmp: Path) -> object:
+    return ExperimentGraph.from_yaml(folder(tmp, config="steps:\n  - [scale\n"))
+
+
+@mistake(ConfigError, "exp/config.yaml", "'replicate'", "did you mean 'replicates'")
+def unknown_top_level_key(tmp: Path) -> object:
+    return ExperimentGraph.from_yaml(folder(tmp, config="replicate: 3\nsteps: [scale]\n"))
+
+
+@mistake(ConfigError, "exp/config.yaml", "'steps'", "given twice")
+def key_given_twice(tmp: Path) -> object:
+    return ExperimentGraph.from_yaml(folder(tmp, config="steps: [scale]\nsteps: [scale]\n"))
+
+
+@mistake(ConfigError, "config.yaml", "cycle", "a -> b -> a")
+def folders_in_a_cycle(tmp: Path) -> object:
+    both = "datasource: {x: %s#out}\nsteps: [first]\noutputs: {out: o.txt}\n"
+    folder(tmp, "a", config=both % "b", steps=WRITE_TWICE)
+    folder(tmp, "b", config=both % "a", steps=WRITE_TWICE)
+    return ExperimentGraph.from_yaml(tmp / "a")
+
+
 # -- config and plugin values of the wrong type -----------------------------------------------
 @mistake(ConfigError, "exp/config.yaml", "plugins[0].ArtifactPlugin.versioned", "bool", "'no'")
 def versioned_is_a_string(tmp: Path) -> object:
@@ -320,6 +390,17 @@ def api_ranker_raises(tmp: Path) -> object:
 def step_parameter_of_wrong_type(tmp: Path) -> object:
     config = "steps:\n  - scale: {factor: two}\n"
     return ExperimentGraph.from_yaml(folder(tmp, config=config))
+
+
+@mistake(ConfigError, "exp/config.yaml", "treatments.double.factor", "step 'scale'", "'two'")
+def treatment_value_of_wrong_type(tmp: Path) -> object:
+    config = "steps: [scale]\ntreatments:\n  double: {factor: two}\n"
+    return ExperimentGraph.from_yaml(folder(tmp, config=config))
+
+
+@mistake(TypeError, "experiment 'e'", "treatment 'double'", "step 'scale'", "'two'")
+def api_treatment_value_of_wrong_type(tmp: Path) -> object:
+    return exp(treatments=[Treatment("double", {"factor": "two"})])
 
 
 @mistake(TypeError, "scale()", "'factor'", "int", "'two'")

@@ -121,7 +121,7 @@ class Builder:
                     f"steps: (- my_step: {{out: {alias}}}); otherwise remove the output",
                 )
         settings: dict[str, Any] = {
-            "treatments": self.treatments(), "replicates": self.replicates(),
+            "treatments": self.treatments(steps), "replicates": self.replicates(),
             "hypotheses": self.hypotheses(), "plugins": self.plugins(),
             "strategy": self.strategy(), "initial_ctx": self.initial_ctx(),
             "description": self.description(),
@@ -432,7 +432,7 @@ class Builder:
         return pipeline, written
 
     # -- treatments, hypotheses, plugins ----------------------------------------------------
-    def treatments(self) -> list[Treatment]:
+    def treatments(self, steps: list[PipelineStep]) -> list[Treatment]:
         raw = self.config.data.get("treatments")
         if raw is None:
             return []
@@ -455,6 +455,13 @@ class Builder:
                 treatments.append(Treatment(str(name), dict(values)))
             except (TypeError, ValueError) as exc:
                 raise self.config.error(key, str(exc)) from None
+            mismatch = treatments[-1].type_mismatch(steps)
+            if mismatch:
+                step, param, problem = mismatch
+                raise self.config.error(
+                    f"{key}.{param}", f"treatment {name!r} sets a value step {step!r} cannot "
+                    f"take: {problem}", "Write a value of the type the step's parameter expects",
+                )
         return treatments
 
     def hypotheses(self) -> list[Hypothesis]:

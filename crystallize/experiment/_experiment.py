@@ -94,6 +94,13 @@ class Experiment:
         self.datasource = as_datasource(datasource, what=f"{where}: datasource")
         self.pipeline = pipeline if isinstance(pipeline, Pipeline) else Pipeline(pipeline)
         self.treatments = _as_treatments(treatments, where)
+        for t in self.treatments:
+            mismatch = t.type_mismatch(self.pipeline.steps)
+            if mismatch:
+                raise TypeError(
+                    f"{where}: treatment {t.name!r} sets a value step {mismatch[0]!r} cannot "
+                    f"take: {mismatch[2]}"
+                )
         self._replicates = None if replicates is None else check_replicates(replicates, where)
         self.outputs = self._as_outputs(outputs, where)
         self.hypotheses = list(hypotheses or [])

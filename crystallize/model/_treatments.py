@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, overload
 
 from ..fingerprint import code_fingerprint, value_fingerprint
 from ..store import path_name_problem
 from ._context import RESERVED_KEYS, FrozenContext, reserved_key_message
+from ._parameters import Parametrised, type_mismatch
 
 BASELINE = "baseline"
 
@@ -53,6 +54,17 @@ class Treatment:
             else:
                 for key, value in self.apply_payload.items():
                     ctx[key] = value
+
+    def type_mismatch(self, steps: Iterable[Parametrised]) -> tuple[str, str, str] | None:
+        """The first value this treatment sets that does not fit the annotation of the
+        parameter of that name of one of ``steps``, as ``(step, parameter, problem)``."""
+        if callable(self.apply_payload):
+            return None
+        for step in steps:
+            mismatch = type_mismatch(step.fn, self.apply_payload)
+            if mismatch:
+                return step.fn.__name__, mismatch[0], mismatch[1]
+        return None
 
     def fingerprint(self) -> str:
         if callable(self.apply_payload):
