@@ -22,6 +22,13 @@ what would fix it. Each one also keeps the builtin base it had before the tree e
     + HypothesisError (RuntimeError) -- a verifier or ranker raised, or a hypothesis names a
       metric no step records
     + LoaderError (RuntimeError) -- an artifact's loader raised reading a file
+    + InvalidNameError (ValueError) -- a name that becomes a path of the store is unsafe
+    + UnstorableValueError (TypeError) -- a metric the store could not give back exactly
+    + CorruptRecordError (ValueError) -- a store record is not what a run wrote; ``.path``,
+      ``.key`` (its version is not trusted, and reruns)
+    + StoreError (OSError) -- the store cannot do what was asked (read-only, a link)
+
+(Warnings are not errors: the store's ``StoreWarning`` lives in :mod:`crystallize.store`.)
 """
 
 from __future__ import annotations
@@ -161,3 +168,32 @@ class HypothesisError(CrystallizeError, RuntimeError):
 
 class LoaderError(CrystallizeError, RuntimeError):
     """An artifact's loader raised while reading a file; ``__cause__`` is its exception."""
+
+
+class InvalidNameError(CrystallizeError, ValueError):
+    """A name that becomes a file or folder of the store would escape it or clash with it."""
+
+
+class UnstorableValueError(CrystallizeError, TypeError):
+    """A metric value the store cannot write so that resume gives it back exactly (metrics are
+    checked when recorded, so this names one that escaped that check)."""
+
+
+class CorruptRecordError(CrystallizeError, ValueError):
+    """A record of the store (``metadata.json``, ``results.json``) is not what a run wrote.
+
+    ``path`` is the file and ``key`` the entry at fault; the version it belongs to is not
+    trusted, and what it held is computed again.
+    """
+
+    def __init__(self, message: str, *, path: Any = None, key: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self),), {"path": self.path, "key": self.key}
+
+
+class StoreError(CrystallizeError, OSError):
+    """The store cannot do what was asked (read-only, a folder that is a symbolic link...)."""

@@ -28,7 +28,14 @@ from rich.text import Text
 
 from .._version import __version__
 from ..config import did_you_mean, display_path, experiment_configs, load_experiment, scaffold
-from ..errors import ConfigError, ExperimentFailedError, GraphError, LimitError, ScaffoldError
+from ..errors import (
+    ConfigError,
+    ExperimentFailedError,
+    GraphError,
+    LimitError,
+    ScaffoldError,
+    StoreError,
+)
 from ..experiment import ExperimentGraph
 from ..model import BASELINE, MAX_REPLICATES, Event
 from ..render import hypothesis_lines, summary_table, summary_title
@@ -104,6 +111,9 @@ class RunProgress:
         elif event.kind == "failed":
             update(task, note="[red]failed")
             self.note(event.describe(), "red")
+        elif event.kind == "waiting":
+            update(task, note="[yellow]waiting for another process")
+            self.note(event.describe(), "yellow")
         elif event.kind == "skipped":
             self.progress.start_task(task)
             update(task, total=1, completed=0, note="[yellow]skipped")
@@ -163,7 +173,10 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
     from ..running import experiment_status
 
     table = Table("experiment", "state", "version", "why")
-    for name, status in experiment_status(_load(args.path)).items():
+    statuses = experiment_status(_load(args.path))
+    roots = sorted({str(s.root) for s in statuses.values() if s.root is not None})
+    out.print(f"store: {', '.join(roots) or '-'}")
+    for name, status in statuses.items():
         version = "-" if status.version is None else f"v{status.version}"
         table.add_row(name, Text(status.state, style=_STATE_STYLES[status.state]), version,
                       status.reason)
@@ -247,16 +260,29 @@ def cmd_ui(args: argparse.Namespace, out: Console) -> int:
 
 # -- clean ------------------------------------------------------------------------------------
 def cmd_clean(args: argparse.Namespace, out: Console) -> int:
+    graph = _load(args.path)
+    roots = sorted({str(e.store_plugin.root_dir.resolve()) for e in graph.experiments.values()})
+    out.print(f"store: {', '.join(roots)}")
     table = Table("experiment", "removed", "kept")
-    for name, exp in _load(args.path).experiments.items():
-        store = ExperimentStore(exp.store_plugin.root_dir.resolve(), name, keep=args.keep)
-        if not store.dir.exists():  # prune() would create the directory of a never-run one
+    skipped: list[str] = []
+    for name, exp in graph.experiments.items():
+        store = ExperimentStore(exp.store_plugin.root_dir.resolve(), name)
+        if not store.dir.exists() and not store.dir.is_symlink():
             table.add_row(name, "-", "never run")
             continue
-        removed = store.prune()
+        try:
+            removal = store.clean(None if args.all else args.keep)
+        except StoreError as exc:
+            raise UsageError(f"{exc}; nothing more was removed") from None
+        skipped += [f"{name}: {note}" for note in removal.skipped]
+        if removal.in_use:
+            skipped.append(f"{name}: kept {', '.join(removal.in_use)}: in use by a running "
+                           "process")
         kept = ", ".join(f"v{n}" for n in store.version_numbers()) or "-"
-        table.add_row(name, ", ".join(f"v{n}" for n in removed) or "-", kept)
+        table.add_row(name, ", ".join(removal.removed) or "-", kept)
     out.print(table)
+    for note in skipped:
+        out.print(Text(note, style="yellow"))
     return EXIT_OK
 
 
@@ -326,10 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("root", metavar="ROOT", nargs="?", default=".")
     ui.add_argument("--executor", choices=EXECUTORS, help="where units run (default: process)")
 
-    clean = command("clean", cmd_clean, "delete old stored versions")
+    clean = command("clean", cmd_clean,
+                    "delete old complete versions, failed and abandoned ones, and leftovers of "
+                    "interrupted pruning (versions a running process reads are kept)")
     clean.add_argument("path", metavar="PATH")
-    clean.add_argument("--keep", type=_positive, default=1, metavar="N",
-                       help="complete versions to keep per experiment (default: 1)")
+    how_many = clean.add_mutually_exclusive_group()
+    how_many.add_argument("--keep", type=_positive, default=1, metavar="N",
+                          help="complete versions to keep per experiment (default: 1)")
+    how_many.add_argument("--all", action="store_true",
+                          help="delete every stored version of the experiments")
     return parser
 
 

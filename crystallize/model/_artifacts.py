@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Protocol
 
 from ..errors import LoaderError
 from ..fingerprint import code_fingerprint, combine, value_fingerprint
+from ..store import check_name
 from ._context import FrozenContext
 from ._datasources import DataSource
 from ._unit_scope import current_unit
@@ -44,10 +45,7 @@ class Artifact(DataSource):
         *,
         step: str | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name or "/" in name or name in {".", ".."}:
-            raise ValueError(
-                f"Artifact name must be a plain file name such as 'summary.json', got {name!r}"
-            )
+        check_name("artifact", name, "Artifact")
         self.name = name
         self.loader = loader
         self.writer = writer

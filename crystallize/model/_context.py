@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ContextMutationError
+from ..store import unstorable_leaf
 
 _MISSING = object()
 #: Keys every unit sets itself; nothing else may set or replace them.
@@ -24,10 +25,10 @@ def reserved_key_message(key: str, where: str) -> str:
 def _storable_problem(value: Any, open_ids: set[int]) -> str | None:
     """Why a metric value cannot be stored in the run's record, or None.
 
-    Only containers are walked (an array or an object is stored whole, as its pickle).
+    Only plain containers are walked; anything else (an array, an object) is stored whole.
     """
-    if not isinstance(value, (list, tuple, dict, set, frozenset)):
-        return None
+    if type(value) not in (list, tuple, dict, set, frozenset):
+        return unstorable_leaf(value)
     if id(value) in open_ids:
         return "contains itself (a container that refers back to itself); record a copy"
     open_ids.add(id(value))
@@ -144,8 +145,9 @@ class FrozenContext(Mapping[str, Any]):
     def record(self, name: str, value: Any) -> None:
         """Record metric ``name`` for this unit (a later value for the same name replaces it).
 
-        :raises TypeError: if ``name`` is not a string, or ``value`` contains itself or a dict
-            whose keys are not strings or numbers (the run could not be stored)
+        :raises TypeError: if ``name`` is not a string, or ``value`` contains itself, a dict
+            whose keys are not strings or numbers, or an object pickle refuses (the run could
+            not be stored, or resume could not give it back exactly)
         """
         if not isinstance(name, str) or not name:
             raise TypeError(

@@ -14,6 +14,7 @@ EventKind = Literal[
     "finished",  # an experiment's run was published (``version``)
     "failed",  # an experiment failed (``error``); its downstream is skipped
     "skipped",  # an experiment was not run because an upstream failed (``reason``)
+    "waiting",  # another process is computing the experiment; ``reason`` says who
 ]
 
 
@@ -50,4 +51,6 @@ class Event:
             return f"{name}: finished in {self.duration:.2f}s -> v{self.version}"
         if self.kind == "failed":
             return f"{name}: FAILED: {self.error}"
+        if self.kind == "waiting":
+            return f"{name}: {self.reason}"
         return f"{name}: skipped: {self.reason}"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._hypotheses import HypothesisResult
 from ._treatments import BASELINE
+
+if TYPE_CHECKING:
+    from ..store import ConditionRecord
 
 
 @dataclass
@@ -56,8 +59,8 @@ class Result:
     replicates: int = 0
     reused: list[str] = field(default_factory=list)
     failed: bool = False
-    #: per condition, the contents of its ``results.json`` (metrics, artifact paths, errors)
-    records: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    #: per condition, its stored record (units with metrics, artifacts, errors)
+    records: dict[str, ConditionRecord] = field(default_factory=dict, repr=False)
 
     @property
     def resumed(self) -> bool:

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, overload
 
+from ..store import check_name
 from ._parameters import Parametrised, analyse_signature
 
 
@@ -110,6 +111,8 @@ class Pipeline:
 
     def __init__(self, steps: Iterable[Any]) -> None:
         self.steps: list[PipelineStep] = [as_step(s) for s in steps]
+        for step in self.steps:
+            check_name("step", step.name, f"step function {step.fn.__qualname__}")
         if not self.steps:
             raise ValueError("a pipeline needs at least one step")
 

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import ctypes
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 import uuid
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -216,6 +220,29 @@ def _default_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool-worker initializer: end the worker as soon as the process that started it dies.
+
+    A pool's own shutdown needs a living parent; after a SIGKILL of the parent, workers would
+    otherwise run their unit to the end and then wait for work forever. On Linux the kernel
+    delivers SIGKILL on the parent's death (no thread in the worker, so steps can still fork);
+    elsewhere a daemon thread polls the parent.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    else:  # pragma: no cover - macOS, Windows
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.25)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="crystallize-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+
+
 class ProcessExecutor(Executor):
     """Runs units in one process pool that lives for the whole graph run.
 
@@ -236,8 +263,11 @@ class ProcessExecutor(Executor):
         self._pool: cf.ProcessPoolExecutor | None = None
         self._warm = False
 
-    def _new_pool(self) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(self.max_workers, mp_context=self.mp_context)
+    def _new_pool(self, workers: int | None = None) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(
+            workers or self.max_workers, mp_context=self.mp_context,
+            initializer=_exit_with_parent, initargs=(os.getpid(),),
+        )
 
     async def __aenter__(self) -> ProcessExecutor:
         self._pool = self._new_pool()
@@ -301,7 +331,7 @@ class ProcessExecutor(Executor):
         return await self._alone(job, seconds + KILL_GRACE)
 
     async def _alone(self, job: UnitJob, seconds: float | None = None) -> UnitOutcome:
-        alone = cf.ProcessPoolExecutor(1, mp_context=self.mp_context)
+        alone = self._new_pool(1)
         try:
             with anyio.move_on_after(seconds):
                 return (await self._trip(alone, [job]))[0]

@@ -7,6 +7,7 @@ import os
 import socket
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,23 @@ import anyio
 import cloudpickle
 from filelock import FileLock, Timeout
 
-from ..errors import PicklingError, UnitError
+from ..errors import CorruptRecordError, PicklingError, UnitError
 from ..model import BASELINE, ConditionMetrics, Event, ExperimentMetrics, Result
-from ..store import ExperimentStore, LeaseBook, StoredVersion, unusable_lock
+from ..store import (
+    ConditionMeta,
+    ConditionRecord,
+    ExperimentStore,
+    FileRecord,
+    LeaseBook,
+    Removal,
+    Scan,
+    StoredVersion,
+    StoreWarning,
+    UnitRecord,
+    VersionMetadata,
+    VersionStatus,
+    unusable_lock,
+)
 from ._executors import UnitJob
 from ._resume import Plan, experiment_fingerprint, plan_run, treatment_fingerprint
 from ._unit import UnitOutcome, UnitTask, UpstreamView, arun_unit
@@ -42,8 +57,11 @@ class ExperimentRunFailed(Exception):
         self.result = result
 
 
-async def acquire_lock(path: Path) -> FileLock:
-    """Take a file lock without blocking the event loop (polls; cancellable)."""
+async def acquire_lock(path: Path, on_wait: Callable[[], None]) -> FileLock:
+    """Take a file lock without blocking the event loop (polls; cancellable).
+
+    ``on_wait`` is called once if the lock is held by someone else, before waiting for it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path, timeout=0)
     delay = 0.005
@@ -52,6 +70,8 @@ async def acquire_lock(path: Path) -> FileLock:
             lock.acquire()
             return lock
         except Timeout:
+            if delay == 0.005:
+                on_wait()
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.2)
         except PermissionError as exc:
@@ -78,40 +98,31 @@ def _find_unpicklable(exp: Experiment) -> str:
     return "an attribute of the experiment cannot be pickled"
 
 
-def condition_record(
-    condition: str, replicates: int, seeds: list[int], outcomes: dict[int, UnitOutcome],
-    reused: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """A condition's ``results.json``: reused replicates from ``reused``, the rest from outcomes."""
-    kept = int(reused.get("replicates", 0)) if reused else 0
-    kept = min(kept, replicates)
-    names: list[str] = []
-    for src in ([reused["metrics"]] if reused else []) + [o.metrics for o in outcomes.values()]:
-        names += [n for n in src if n not in names]
-    artifact_names: list[str] = []
-    for src in ([reused["artifacts"]] if reused else []) + [o.artifacts for o in outcomes.values()]:
-        artifact_names += [n for n in src if n not in artifact_names]
+def unit_record(outcome: UnitOutcome, seed: int) -> UnitRecord:
+    """How the store keeps a unit's outcome."""
+    error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
+    return UnitRecord(outcome.replicate, "failed" if error else "complete", seed,
+                      outcome.metrics, outcome.artifacts, error)
 
-    metrics = {n: [(reused["metrics"].get(n, [None] * kept)[r] if reused and r < kept else
-                    (outcomes[r].metrics.get(n) if r in outcomes else None))
-                   for r in range(replicates)] for n in names}
-    artifacts = {n: [(reused["artifacts"].get(n, [None] * kept)[r] if reused and r < kept else
-                      (outcomes[r].artifacts.get(n) if r in outcomes else None))
-                     for r in range(replicates)] for n in artifact_names}
-    errors = {str(r): f"{type(o.error).__name__}: {o.error}" for r, o in outcomes.items() if
-              o.error is not None}
-    return {
-        "condition": condition,
-        "replicates": replicates,
-        "metrics": metrics,
-        "artifacts": artifacts,
-        "errors": errors,
-        "seeds": seeds,
-    }
+
+def condition_record(
+    condition: str, seeds: list[int], outcomes: dict[int, UnitOutcome],
+    reused: ConditionRecord | None,
+) -> ConditionRecord:
+    """A condition's record: executed units from ``outcomes``, complete ones from ``reused``."""
+    units = []
+    for r, seed in enumerate(seeds):
+        if r in outcomes:
+            units.append(unit_record(outcomes[r], seed))
+        elif reused is not None and r < reused.replicates and reused.units[r].state == "complete":
+            units.append(reused.units[r])
+        else:
+            units.append(UnitRecord(r, "never ran", seed))
+    return ConditionRecord(condition, tuple(units))
 
 
 def build_result(
-    exp: Experiment, version: int | None, version_dir: Path, records: dict[str, dict[str, Any]],
+    exp: Experiment, version: int | None, version_dir: Path, records: dict[str, ConditionRecord],
     *, executed: bool, errors: dict[str, BaseException], provenance: dict[str, Any],
     reason: str | None, reused: list[str], failed: bool = False,
 ) -> Result:
@@ -119,7 +130,7 @@ def build_result(
     metrics = ExperimentMetrics()
     for cond in exp.conditions:
         record = records.get(cond)
-        stored = (record or {}).get("metrics", {})
+        stored = record.metrics() if record is not None else {}
         values = {n: list(v[: exp.replicates]) for n, v in stored.items()}
         if cond == BASELINE:
             metrics.baseline = ConditionMetrics(values)
@@ -134,7 +145,7 @@ def build_result(
         metrics.hypotheses = [h.evaluate(base, treat) for h in exp.hypotheses]
     artifacts: dict[str, dict[str, list[Path | None]]] = {}
     for cond, record in records.items():
-        for name, rels in record.get("artifacts", {}).items():
+        for name, rels in record.artifact_paths().items():
             artifacts.setdefault(name, {})[cond] = [
                 None if r is None else version_dir / r for r in rels[: exp.replicates]
             ]
@@ -149,14 +160,13 @@ def build_result(
 
 def upstream_view(result: Result) -> UpstreamView:
     """What a consumer's units need from an upstream result."""
-    records = result.records
     return UpstreamView(
         experiment=result.experiment,
         version=result.version or 0,
         path=str(result.version_dir),
         replicates=result.replicates,
-        artifacts={c: {n: list(v[: result.replicates]) for n, v in r.get("artifacts", {}).items()}
-                   for c, r in records.items()},
+        artifacts={c: {n: list(v[: result.replicates]) for n, v in r.artifact_paths().items()}
+                   for c, r in result.records.items()},
     )
 
 
@@ -213,23 +223,23 @@ class ExperimentRun:
     def _load_external(self, producer: str) -> Result | None:
         """An upstream outside the graph (standalone ``Experiment.run``): its newest run on disk."""
         store = ExperimentStore(self.store.root, producer)
-        stored = self._claim_newest(store)
+        stored = self._claim_newest(store).version
         return None if stored is None else load_stored_result(stored)
 
-    def _claim_newest(self, store: ExperimentStore) -> StoredVersion | None:
-        """The newest complete version, claimed for this run (a pruner may race us: retry)."""
+    def _claim_newest(self, store: ExperimentStore) -> Scan:
+        """The newest usable version, claimed for this run (a pruner may race us: retry)."""
         book = self.inputs.book(store.root)
         for _ in range(3):
-            stored = store.newest_complete()
-            if stored is None or store.claim(book, stored):
-                return stored
-        return None
+            scan = store.scan()
+            if scan.version is None or store.claim(book, scan.version):
+                return scan
+        return Scan(None, scan.notes)
 
     # -- the run ----------------------------------------------------------------------------
     def _plan(self, fingerprint: dict[str, Any], origins: dict[str, dict[str, str]]) -> Plan:
-        stored = self._claim_newest(self.store) if self.exp.strategy == "resume" else None
-        return plan_run(self.exp, strategy=self.exp.strategy, stored=stored,
-                        fingerprint=fingerprint, upstream_origins=origins)
+        scan = self._claim_newest(self.store) if self.exp.strategy == "resume" else Scan(None)
+        return plan_run(self.exp, strategy=self.exp.strategy, stored=scan.version,
+                        fingerprint=fingerprint, upstream_origins=origins, notes=scan.notes)
 
     async def execute(self) -> Result:
         exp = self.exp
@@ -240,8 +250,9 @@ class ExperimentRun:
             return await self._execute(plan, views, origins, fingerprint)
         if not plan.fully_reused:
             # Someone else may be computing it right now: wait for them, then look again.
-            run_lock = await acquire_lock(self.store.run_lock_path)
+            run_lock = await acquire_lock(self.store.run_lock_path, self._waiting)
             try:
+                self.store.mark_owner(exp.name or "")
                 plan = self._plan(fingerprint, origins)
                 if not plan.fully_reused:
                     self._decided(plan)
@@ -251,14 +262,21 @@ class ExperimentRun:
         self._decided(plan)
         return self._resumed(plan)
 
+    def _waiting(self) -> None:
+        self.inputs.emit(self.exp, Event(
+            "waiting", self.exp.name or "",
+            reason=f"waiting for {self.store.owner()}, which is computing it in "
+                   f"{self.store.dir}; this run reuses its result once it is done"))
+
     def _decided(self, plan: Plan) -> None:
         self.inputs.emit(self.exp, Event("decision", self.exp.name or "", reason=plan.reason))
 
     def _resumed(self, plan: Plan) -> Result:
         assert plan.source is not None
         source = plan.source
+        records = {c: r.with_values(source.path) for c, r in plan.reuse.items()}
         result = build_result(
-            self.exp, source.number, source.path, plan.reuse, executed=False, errors={},
+            self.exp, source.number, source.path, records, executed=False, errors={},
             provenance=_provenance(source.metadata), reason=plan.reason,
             reused=list(plan.reuse),
         )
@@ -299,14 +317,17 @@ class ExperimentRun:
         # breaks from here on, the version never gets its metadata.json, so nothing treats it
         # as complete; a later prune retires it.
         writer = await anyio.to_thread.run_sync(self.store.allocate, book)
+        reused: dict[str, ConditionRecord] = {}
         if plan.reuse:
             assert plan.source is not None
             source = plan.source
-            def reuse() -> None:
-                for condition, replicates in plan.reuse.items():
-                    writer.reuse(source, condition, replicates)
 
-            await anyio.to_thread.run_sync(reuse)
+            def bring_over() -> None:
+                for c, r in plan.reuse.items():
+                    writer.reuse(source, r, exp.replicates)
+                    reused[c] = r.with_values(source.path)  # written again into this version
+
+            await anyio.to_thread.run_sync(bring_over)
         inputs.emit(exp, Event("started", name, units=plan.units, version=writer.number,
                               reason=plan.reason))
         cache_dir = str(self.store.root / ".crystallize_cache") if any(
@@ -314,29 +335,12 @@ class ExperimentRun:
         key = uuid.uuid4().hex
         outcomes = await self._dispatch(plan, seeds, views, writer.path, cache_dir, key, blob)
 
-        records: dict[str, dict[str, Any]] = {}
-        complete: dict[str, bool] = {}
+        records: dict[str, ConditionRecord] = {}
         errors: dict[str, BaseException] = {}
-        conditions_meta: dict[str, Any] = {}
-        stored_conditions = plan.source.metadata.get("conditions", {}) if plan.source else {}
         for cond in exp.conditions:
             mine = outcomes.get(cond, {})
-            record = condition_record(cond, exp.replicates, seeds, mine, plan.reuse.get(cond))
-            records[cond] = record
-            for o in mine.values():
-                if o.error is not None:
-                    errors[o.key] = o.error
-            complete[cond] = not record["errors"] and all(
-                r in mine or cond in plan.reuse for r in range(exp.replicates))
-            origin = (stored_conditions.get(cond, {}).get("origin") if not mine
-                      else uuid.uuid4().hex)
-            conditions_meta[cond] = {
-                "treatment": treatment_fingerprint(exp, cond),
-                "origin": origin or uuid.uuid4().hex,
-                "upstreams": origins.get(cond, {}),
-                "complete": complete[cond],
-                "executed_replicates": sorted(mine),
-            }
+            records[cond] = condition_record(cond, seeds, mine, reused.get(cond))
+            errors.update((o.key, o.error) for o in mine.values() if o.error is not None)
         executed_units = [o for per in outcomes.values() for o in per.values()]
         failed = bool(executed_units) and all(o.error is not None for o in executed_units) \
             and not plan.reuse
@@ -345,39 +349,52 @@ class ExperimentRun:
             cause = (f"all {len(executed_units)} unit(s) failed; first error: "
                      f"{type(first).__name__}: {first}")
         else:
-            recorded = {m for record in records.values() for m in record["metrics"]}
+            recorded = {m for record in records.values() for m in record.metrics()}
             cause = next(filter(None, (h.unrecorded(recorded) for h in exp.hypotheses)), "")
             failed = bool(cause)
+        status: VersionStatus = "failed" if failed else (
+            "complete" if all(r.state == "complete" for r in records.values()) else "partial")
         finished = time.time()
-        metadata = {
-            "experiment": name,
-            "version": writer.number,
-            "status": "failed" if failed else "complete",
-            "replicates": exp.replicates,
-            "conditions": conditions_meta,
-            "fingerprint": fingerprint,
-            "upstreams": {p: {"version": v.version, "path": v.path} for p, v in views.items()},
-            "seeds": seeds,
-            "strategy": exp.strategy,
-            "reason": plan.reason,
-            "executor": inputs.executor.name,
-            "timings": {
-                "started": started, "finished": finished, "duration": finished - started,
-                "unit_cpu": sum(o.cpu for o in executed_units),
-                "unit_wall": sum(o.wall for o in executed_units),
-            },
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
+        stored_conditions = plan.source.metadata.conditions if plan.source else {}
 
-        def write() -> tuple[StoredVersion, list[Path]]:
-            for cond, record in records.items():
-                writer.finish_condition(cond, record, complete=complete[cond])
+        def condition_meta(cond: str, results: FileRecord) -> ConditionMeta:
+            mine = outcomes.get(cond, {})
+            before = stored_conditions.get(cond)
+            return ConditionMeta(
+                treatment=treatment_fingerprint(exp, cond),
+                origin=before.origin if before is not None and not mine else uuid.uuid4().hex,
+                upstreams=origins.get(cond, {}), state=records[cond].state,
+                executed_replicates=tuple(sorted(mine)), results=results,
+            )
+
+        def write() -> tuple[StoredVersion, Removal]:
+            written = {c: writer.finish_condition(r) for c, r in records.items()}
+            metadata = VersionMetadata(
+                experiment=name, version=writer.number, status=status,
+                replicates=exp.replicates,
+                conditions={c: condition_meta(c, f) for c, f in written.items()},
+                fingerprint=fingerprint,
+                upstreams={p: {"version": v.version, "path": v.path} for p, v in views.items()},
+                seeds=tuple(seeds), strategy=exp.strategy, reason=plan.reason,
+                executor=inputs.executor.name,
+                timings={
+                    "started": started, "finished": finished, "duration": finished - started,
+                    "unit_cpu": sum(o.cpu for o in executed_units),
+                    "unit_wall": sum(o.wall for o in executed_units),
+                },
+                host=socket.gethostname(), pid=os.getpid(),
+            )
             stored = writer.publish(metadata)  # last: only now is the version visible
-            # Older versions may go only once a newer one is complete; same thread hop.
-            return stored, ([] if failed else self.store.prune())
+            if failed:
+                return stored, Removal()
+            # This run is done reading the versions it replaces: its claims must not keep them.
+            book.release_replaced(self.store.name, writer.number)
+            # Older versions may go only once a newer one is published; same thread hop.
+            return stored, self.store.prune()
 
         stored, retired = await anyio.to_thread.run_sync(write)
+        for note in retired.skipped:
+            warnings.warn(f"{self.store.dir}: {note}", StoreWarning, stacklevel=1)
         result = build_result(
             exp, writer.number, writer.path, records, executed=True, errors=errors,
             provenance=_provenance(stored.metadata), reason=plan.reason,
@@ -385,7 +402,7 @@ class ExperimentRun:
         )
         if failed:
             raise ExperimentRunFailed(cause, result)
-        inputs.discard(retired)
+        inputs.discard(retired.trash)
         inputs.emit(exp, Event("finished", name, version=writer.number,
                                duration=finished - started))
         for plugin in exp.plugins:
@@ -438,33 +455,33 @@ class ExperimentRun:
         return outcomes
 
 
-def _provenance(metadata: dict[str, Any]) -> dict[str, Any]:
+def _provenance(metadata: VersionMetadata) -> dict[str, Any]:
     return {
-        "version": metadata.get("version"),
-        "fingerprint": metadata.get("fingerprint"),
-        "seeds": metadata.get("seeds"),
-        "upstreams": metadata.get("upstreams"),
-        "timings": metadata.get("timings"),
-        "strategy": metadata.get("strategy"),
-        "executor": metadata.get("executor"),
-        "origins": {c: i.get("origin") for c, i in metadata.get("conditions", {}).items()},
+        "version": metadata.version,
+        "fingerprint": dict(metadata.fingerprint),
+        "seeds": list(metadata.seeds),
+        "upstreams": {p: dict(u) for p, u in metadata.upstreams.items()},
+        "timings": dict(metadata.timings),
+        "strategy": metadata.strategy,
+        "executor": metadata.executor,
+        "origins": {c: i.origin for c, i in metadata.conditions.items()},
     }
 
 
 def load_stored_result(stored: StoredVersion) -> Result | None:
-    """A minimal Result for an upstream read from disk (metrics, artifacts, origins)."""
+    """A minimal Result for an upstream read from disk (artifacts and origins, no values)."""
     records = {}
-    for cond in stored.metadata.get("conditions", {}):
-        record = stored.condition_results(cond)
-        if record is not None:
-            records[cond] = record
+    for cond in stored.metadata.conditions:
+        try:
+            records[cond] = stored.condition_record(cond)
+        except CorruptRecordError:
+            continue  # its artifacts are not trusted; fetch() reports the condition missing
     if BASELINE not in records:
         return None
-    replicates = int(stored.metadata.get("replicates", 1))
     result = Result(
-        experiment=stored.metadata.get("experiment", ""), metrics=ExperimentMetrics(),
+        experiment=stored.metadata.experiment, metrics=ExperimentMetrics(),
         provenance=_provenance(stored.metadata), executed=False, version=stored.number,
-        version_dir=stored.path, replicates=replicates,
+        version_dir=stored.path, replicates=stored.metadata.replicates,
     )
     result.records = records
     return result

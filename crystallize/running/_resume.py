@@ -12,11 +12,14 @@ computed and carried over when it is reused, which is what downstream experiment
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..errors import CorruptRecordError
 from ..fingerprint import code_fingerprint, code_fingerprint_parts, combine, value_fingerprint
 from ..model import BASELINE
+from ..store import ConditionRecord
 
 if TYPE_CHECKING:
     from ..experiment import Experiment
@@ -82,7 +85,10 @@ def _pipeline_change(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> st
 def experiment_change(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
     """Why the stored experiment-level fingerprint no longer matches, or None if it does."""
     if stored.get("pipeline") != current["pipeline"]:
-        return _pipeline_change(stored.get("steps", []), current["steps"])
+        try:
+            return _pipeline_change(stored.get("steps", []), current["steps"])
+        except (AttributeError, TypeError, KeyError):  # a hand-edited fingerprint
+            return "pipeline changed"
     for part, label in (
         ("datasource", "datasource changed"),
         ("outputs", "outputs changed"),
@@ -100,8 +106,8 @@ class Plan:
 
     #: condition -> replicate indices to execute
     execute: dict[str, list[int]] = field(default_factory=dict)
-    #: condition -> its stored results.json, to bring over (for replicates not executed)
-    reuse: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: condition -> its stored record, whose complete units are brought over (not executed)
+    reuse: dict[str, ConditionRecord] = field(default_factory=dict)
     source: StoredVersion | None = None
     reasons: list[str] = field(default_factory=list)
 
@@ -118,6 +124,30 @@ class Plan:
         return sum(len(r) for r in self.execute.values())
 
 
+def _condition_change(
+    exp: Experiment, stored: StoredVersion, condition: str, origins: dict[str, str]
+) -> str | ConditionRecord:
+    """Why ``condition`` cannot reuse anything from ``stored``, or its stored record."""
+    info = stored.metadata.conditions.get(condition)
+    if info is None:
+        return "new treatment" if condition != BASELINE else "baseline never ran"
+    if info.treatment != treatment_fingerprint(exp, condition):
+        return "treatment changed"
+    if info.upstreams != origins:
+        changed = sorted(p for p in set(info.upstreams) | set(origins)
+                         if info.upstreams.get(p) != origins.get(p))
+        return f"upstream {', '.join(changed)} produced new artifacts"
+    try:
+        record = stored.condition_record(condition)
+    except CorruptRecordError as exc:
+        return str(exc)
+    complete = [u.replicate for u in record.units[: exp.replicates] if u.state == "complete"]
+    problems = stored.file_problems(record, complete)
+    if problems:
+        return f"artifact file(s) missing or changed: {problems[:3]}"
+    return record
+
+
 def plan_run(
     exp: Experiment,
     *,
@@ -125,53 +155,45 @@ def plan_run(
     stored: StoredVersion | None,
     fingerprint: dict[str, Any],
     upstream_origins: dict[str, dict[str, str]],
+    notes: Sequence[str] = (),
 ) -> Plan:
-    """Decide what to execute; ``upstream_origins[condition][producer]`` is what it would read."""
+    """Decide what to execute; ``upstream_origins[condition][producer]`` is what it would read.
+
+    ``notes`` say why newer versions than ``stored`` were passed over (they lead the reasons).
+    """
     everything = {c: list(range(exp.replicates)) for c in exp.conditions}
     if strategy != "resume":
         return Plan(execute=everything, reasons=["strategy is rerun"])
     if stored is None:
-        return Plan(execute=everything, reasons=["no complete run in the store"])
-    change = experiment_change(stored.metadata.get("fingerprint", {}), fingerprint)
+        return Plan(execute=everything, reasons=[*notes, "no complete run in the store"])
+    change = experiment_change(dict(stored.metadata.fingerprint), fingerprint)
     if change is not None:
-        return Plan(execute=everything, reasons=[change])
+        return Plan(execute=everything, reasons=[*notes, change])
 
-    plan = Plan(source=stored)
-    stored_conditions: dict[str, Any] = stored.metadata.get("conditions", {})
-    stored_reps = int(stored.metadata.get("replicates", 0))
+    plan = Plan(source=stored, reasons=list(notes))
     for condition in exp.conditions:
-        info = stored_conditions.get(condition)
-        why = None
-        results = None
-        if info is None:
-            why = "new treatment" if condition != BASELINE else "baseline never ran"
-        elif info.get("treatment") != treatment_fingerprint(exp, condition):
-            why = "treatment changed"
-        elif info.get("upstreams", {}) != upstream_origins.get(condition, {}):
-            changed = sorted(
-                p for p in set(info.get("upstreams", {})) | set(upstream_origins.get(condition, {}))
-                if info.get("upstreams", {}).get(p) != upstream_origins.get(condition, {}).get(p)
-            )
-            why = f"upstream {', '.join(changed)} produced new artifacts"
-        else:
-            results = stored.condition_results(condition)
-            if results is None:
-                why = "completion marker or results.json missing"
-            else:
-                missing = stored.missing_artifacts(results, min(stored_reps, exp.replicates))
-                if missing:
-                    why = f"artifact file(s) missing: {missing[:3]}"
-        if why is not None:
+        found = _condition_change(exp, stored, condition, upstream_origins.get(condition, {}))
+        if isinstance(found, str):
             plan.execute[condition] = list(range(exp.replicates))
-            plan.reasons.append(f"{condition}: {why}")
+            plan.reasons.append(f"{condition}: {found}")
             continue
-        assert results is not None
-        plan.reuse[condition] = results
-        if exp.replicates > stored_reps:
-            plan.execute[condition] = list(range(stored_reps, exp.replicates))
-            plan.reasons.append(
-                f"{condition}: {exp.replicates - stored_reps} more replicate(s) requested"
-            )
+        plan.reuse[condition] = found
+        units = found.units[: exp.replicates]
+        failed = [u.replicate for u in units if u.state == "failed"]
+        never = [u.replicate for u in units if u.state == "never ran"]
+        more = exp.replicates - found.replicates
+        todo = failed + never + list(range(found.replicates, exp.replicates))
+        if not todo:
+            continue
+        plan.execute[condition] = sorted(todo)
+        why = []
+        if failed:
+            why.append(f"replicate(s) {failed} failed in v{stored.number}")
+        if never:
+            why.append(f"replicate(s) {never} never ran in v{stored.number}")
+        if more > 0:
+            why.append(f"{more} more replicate(s) requested")
+        plan.reasons.append(f"{condition}: {', '.join(why)}")
     if not plan.execute:
         plan.reasons.append(f"reusing v{stored.number}: nothing changed")
     return plan

@@ -1,16 +1,17 @@
-"""What a ``resume`` run of a graph would do with each experiment, without running anything.
+"""What a run of a graph would do with each experiment, without running anything.
 
-Shared by ``crystallize status`` and the graph diagram. The decision is the resume path's own
-(:func:`plan_run` on the newest complete stored version, of each experiment as
-:func:`configure` sets it up for a run), so the two can
-never disagree: an experiment is *complete* when a resume would reuse its stored run, *stale*
-when it would rerun (with the reason), and *never run* when the store holds no complete run.
+Shared by ``crystallize status`` and the graph diagram. The decision is the run's own
+(:func:`plan_run` on the version a resume would start from, of each experiment as
+:func:`configure` sets it up for a run, under its own strategy), so the two can never
+disagree: an experiment is *complete* when a run would reuse its stored run, *stale* when it
+would rerun (with the reason), and *never run* when the store holds no run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ..model import BASELINE
@@ -35,6 +36,8 @@ class Status:
     state: State
     reason: str
     version: int | None = None
+    #: the store root it was read from
+    root: Path | None = None
 
     def describe(self) -> str:
         """A one-line description, e.g. ``complete (v3)`` or ``stale: treatment changed``."""
@@ -58,9 +61,7 @@ def upstream_origins(
         version = stored.get(producer)
         if version is None:
             continue
-        produced = {
-            c: info.get("origin") for c, info in version.metadata.get("conditions", {}).items()
-        }
+        produced = {c: info.origin for c, info in version.metadata.conditions.items()}
         for condition in experiment.conditions:
             read = condition if condition in produced else BASELINE
             origins.setdefault(condition, {})[producer] = produced.get(read) or "missing"
@@ -70,30 +71,41 @@ def upstream_origins(
 def experiment_status(graph: ExperimentGraph) -> dict[str, Status]:
     """The :class:`Status` of every experiment of ``graph``, in topological order.
 
-    Reads the store only (``metadata.json`` and the completion markers of the newest complete
-    version); nothing is run, locked or written.
+    Reads the store only (``metadata.json``, ``results.json`` and the completion markers of
+    the newest usable version, artifact sizes); nothing is run, locked, written or unpickled.
+    Each experiment's own strategy counts: under ``rerun`` it is never *complete*, since a run
+    recomputes it.
     """
     statuses: dict[str, Status] = {}
     newest: dict[str, StoredVersion | None] = {}
     for name, exp in configure(graph).items():
         root = exp.store_plugin.root_dir.resolve()
-        stored = newest[name] = ExperimentStore(root, name).newest_complete()
+        scan = ExperimentStore(root, name).scan()
+        stored = newest[name] = scan.version
         for art in exp.consumed_artifacts():
             producer = art.producer or ""
             if producer not in newest:  # produced outside the graph: read from disk at run time
-                newest[producer] = ExperimentStore(root, producer).newest_complete()
+                newest[producer] = ExperimentStore(root, producer).scan().version
+        number = stored.number if stored is not None else None
+        if exp.strategy != "resume":
+            last = f"; newest stored run v{number}" if number is not None else ""
+            statuses[name] = Status("stale" if number is not None else "never run",
+                                    f"strategy is rerun: every run recomputes it{last}",
+                                    number, root)
+            continue
         if stored is None:
-            statuses[name] = Status("never run", "no complete run in the store")
+            why = "; ".join([*scan.notes, "no complete run in the store"])
+            statuses[name] = Status("stale" if scan.notes else "never run", why, None, root)
             continue
         rerunning = [p for p in graph.upstream(name) if statuses[p].state != "complete"]
         if rerunning:
             why = ", ".join(f"{p} is {statuses[p].state}" for p in rerunning)
-            statuses[name] = Status("stale", f"upstream {why}", stored.number)
+            statuses[name] = Status("stale", f"upstream {why}", number, root)
             continue
         plan = plan_run(
             exp, strategy="resume", stored=stored, fingerprint=experiment_fingerprint(exp),
-            upstream_origins=upstream_origins(exp, newest),
+            upstream_origins=upstream_origins(exp, newest), notes=scan.notes,
         )
         state: State = "complete" if plan.fully_reused else "stale"
-        statuses[name] = Status(state, plan.reason, stored.number)
+        statuses[name] = Status(state, plan.reason, number, root)
     return statuses

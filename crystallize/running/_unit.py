@@ -23,6 +23,7 @@ import cloudpickle
 
 from ..errors import MissingArtifactError, PicklingError, UnitError
 from ..model import BASELINE, FrozenContext, is_artifact, unit_scope
+from ..store import FileRecord, atomic_write
 
 if TYPE_CHECKING:
     from ..experiment import Experiment
@@ -55,12 +56,12 @@ class UnitTask:
 
 @dataclass
 class UnitOutcome:
-    """What a unit returns: metrics, artifact paths (relative to the version), error, timings."""
+    """What a unit returns: metrics, artifact files (relative to the version), error, timings."""
 
     condition: str
     replicate: int
     metrics: dict[str, Any] = field(default_factory=dict)
-    artifacts: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, FileRecord] = field(default_factory=dict)
     error: BaseException | None = None
     traceback: str | None = None
     steps: list[tuple[str, float]] = field(default_factory=list)
@@ -165,19 +166,18 @@ class UnitRun:
         return f"replicate_{self.task.replicate}/{self.task.condition}/{step}/{file_name}"
 
     def write_artifact(self, artifact: Artifact, payload: bytes) -> Path:
-        from ..store import atomic_write
-
         step = self._step.name if self._step is not None else "datasource"
         rel = self._relative(step, artifact.name)
         earlier = self.outcome.artifacts.get(artifact.name)
-        if earlier is not None and earlier != rel:
+        if earlier is not None and earlier.path != rel:
             raise ValueError(
-                f"artifact {artifact.name!r} is written by two steps ({earlier.split('/')[-2]} "
+                f"artifact {artifact.name!r} is written by two steps "
+                f"({earlier.path.split('/')[-2]} "
                 f"and {step}); consumers would read only one. Give each step its own output"
             )
         path = self.version_path / rel
         atomic_write(path, payload, fsync=self.experiment.store_plugin.fsync)
-        self.outcome.artifacts[artifact.name] = rel
+        self.outcome.artifacts[artifact.name] = FileRecord.of(rel, payload)
         if self._captured is not None:
             self._captured.append((artifact.name, payload))
         return path

@@ -2,16 +2,21 @@
 
 Layout of one version::
 
-    vN/metadata.json                              # written last; status "complete" or "failed"
-    vN/<condition>/results.json                   # metrics, errors, artifact index
-    vN/<condition>/.crystallize_complete          # only after results.json and its artifacts
+    vN/metadata.json                   # written last; status "complete", "partial" or "failed"
+    vN/<condition>/results.json        # per replicate: state, metrics, artifact sizes and hashes
+    vN/<condition>/values/<n>.npy|pkl  # metric values JSON cannot hold (read only when needed)
+    vN/<condition>/.crystallize_complete   # only after results.json, for a complete condition
     vN/replicate_<r>/<condition>/<step>/<file>    # artifacts, written by the units
-    vN/.doomed                                    # briefly, while a pruner decides
+    vN/.doomed                         # briefly, while a pruner decides
+
+The records themselves (and why reading them runs no code) are in ``_records``.
 
 Crash consistency comes from ordering and atomic renames: every file is written to a temporary
 name and renamed into place, a marker only after the files it vouches for, and
-``metadata.json`` (status ``complete``) only after every marker. A version without a complete
-``metadata.json`` is never used. Older versions are pruned only after a newer one is complete.
+``metadata.json`` only after every marker. ``metadata.json`` records the size and hash of each
+``results.json``, which records those of each artifact, so a truncated or edited file is seen.
+A version without a readable ``metadata.json`` is never used. Older versions are pruned only
+after a newer one is complete.
 
 Concurrency comes from kernel file locks (``filelock``), which the OS releases when a holder
 dies, so a crashed process never blocks a later one. Locks are taken per run, not per file, to
@@ -22,25 +27,30 @@ keep the per-experiment cost low:
   version listed by a live lease is never pruned; a dead process's lease is ignored and removed.
 - ``<experiment>/.lock`` is held while pruning, so pruners do not race each other.
 - ``<experiment>/.run.lock`` serialises computing the experiment under ``resume``, so a second
-  process waits for the first and then reuses its version instead of computing it again.
+  process waits for the first and then reuses its version instead of computing it again;
+  ``.run.owner`` says who holds it.
 
 A reader and a pruner meet without a common lock in the style of Dekker's algorithm: the reader
 first appends its lease line, then checks the version is neither gone nor marked ``.doomed``;
 the pruner first marks the version ``.doomed``, then reads the leases, and either removes the
 version or lifts the mark. Whatever the interleaving, either the pruner sees the lease or the
 reader sees the mark (and looks for a newer version instead).
+
+Pruning and cleaning never delete through a symbolic link inside the store: a linked experiment
+folder, version or ``.leases`` folder is skipped, and reported.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
-import pickle
 import re
 import shutil
+import socket
+import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,19 +58,35 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from ..errors import CorruptRecordError, InvalidNameError, StoreError
+from ._records import (
+    ConditionRecord,
+    Encoder,
+    FileRecord,
+    VersionMetadata,
+    content_hash,
+)
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 METADATA = "metadata.json"
 RESULTS = "results.json"
 MARKER = ".crystallize_complete"
+DOOMED = ".doomed"
 _VERSION = re.compile(r"^v(\d+)$")
 # Names the store gives files and folders next to experiments' and conditions' folders.
 _STORE_NAME = re.compile(r"^(metadata\.json|results\.json|replicate_\d+)$")
 
 
-def path_name_problem(name: str) -> str | None:
+def path_name_problem(name: str, *, beside_store_files: bool = True) -> str | None:
     """Why ``name`` (of an experiment or a condition) cannot be a folder of the store, or None.
 
     Checked when the name is given, so that a bad one fails before any unit runs, not when the
-    run is published and its work would be lost.
+    run is published and its work would be lost. A step folder or an artifact file lives where
+    the store writes nothing of its own: ``beside_store_files=False`` allows the store's names.
     """
     if "\0" in name:
         return "contains a NUL character"
@@ -68,11 +94,25 @@ def path_name_problem(name: str) -> str | None:
         return "contains a path separator ('/' or '\\')"
     if name.startswith("."):
         return "starts with '.', which the store keeps for its own hidden files"
-    if _STORE_NAME.match(name):
+    if beside_store_files and _STORE_NAME.match(name):
         return "is the name of a file or folder the store writes itself"
     if len(name.encode()) > 200:
         return "is longer than a file name may be (200 bytes)"
     return None
+
+
+def check_name(kind: str, name: Any, where: str) -> str:
+    """``name`` (of a step or an artifact, which become a folder and a file of each unit's
+    artifacts) if it is safe as one, else :class:`InvalidNameError` saying why.
+
+    A separator or ``..`` in it would write outside ``data/``.
+    """
+    problem = ("must be a non-empty string" if not isinstance(name, str) or not name.strip()
+               else path_name_problem(name, beside_store_files=False))
+    if problem is not None:
+        raise InvalidNameError(f"{where}: {kind} name {name!r} {problem}; it becomes a folder "
+                               "or file name in the store. Rename it")
+    return name
 
 
 def atomic_write(path: Path, data: bytes, *, fsync: bool = False) -> None:
@@ -110,47 +150,55 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-#: Tags a value JSON cannot hold (a numpy scalar or array, a set, any object): its pickle.
-_PICKLED = "__crystallize_pickle__"
-
-
-def _encode(obj: Any) -> Any:
-    # Pickled rather than turned into text, so that a resumed run returns the very same
-    # metric values as the run that stored them, not their str().
-    try:
-        return {_PICKLED: base64.b64encode(pickle.dumps(obj)).decode("ascii")}
-    except Exception:
-        return str(obj)  # not picklable either: the best JSON can keep is its text
-
-
-def _decode(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1 and _PICKLED in obj:
-        try:
-            return pickle.loads(base64.b64decode(obj[_PICKLED]))
-        except Exception:  # its class is gone (renamed, uninstalled): keep the tagged form
-            return obj
-    return obj
-
-
-def write_json(path: Path, obj: Any, *, fsync: bool = False) -> None:
-    # No indent: only then does json use its C encoder, several times faster on metadata.
-    atomic_write(path, json.dumps(obj, default=_encode).encode(), fsync=fsync)
-
-
-def read_json(path: Path) -> Any:
-    """What :func:`write_json` wrote, with the values JSON cannot hold restored."""
-    return json.loads(path.read_bytes(), object_hook=_decode)
-
-
 def _held_by_someone(path: Path) -> bool:
-    """True if some holder (another process, or this one through another handle) has the lock."""
-    lock = FileLock(path, timeout=0)
+    """True if some holder (another process, or this one through another handle) has the lock.
+
+    Probes without creating the file (a probe must not leave a lock file behind, nor need a
+    writable store).
+    """
     try:
-        lock.acquire()
-    except Timeout:
-        return True
-    lock.release()
-    return False
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if fcntl is None:  # pragma: no cover - Windows: filelock's own probe
+            lock = FileLock(path, timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                return True
+            lock.release()
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def delete_tree(path: Path) -> None:
+    """Delete a directory tree (never following links in it); gone already is fine.
+
+    Another process may be deleting the same leftover: what it removed first is not an error.
+    """
+    for _ in range(3):
+        try:
+            shutil.rmtree(path)
+            return
+        except FileNotFoundError:
+            if not os.path.lexists(path):
+                return
+
+
+class StoreWarning(UserWarning):
+    """Something in the store was skipped or could not be protected; the message says what."""
+
+
+def _store_warning(message: str) -> None:
+    warnings.warn(message, StoreWarning, stacklevel=3)
 
 
 def unusable_lock(path: Path, exc: OSError) -> PermissionError:
@@ -166,35 +214,73 @@ class LeaseBook:
 
     Holds ``<root>/.leases/<id>.lock`` for as long as the run lasts, and appends a line to
     ``<id>.txt`` for each version the run writes or reads. Appending is a single ``write``, so a
-    lease costs no lock round trip.
+    lease costs no lock round trip. Where the store cannot be written (read-only, full, or
+    ``.leases`` is a symbolic link), the claims stay in this process only, with a warning: the
+    run can still read, but another process could prune what it reads.
     """
 
     _open: dict[Path, list[LeaseBook]] = {}
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        folder = root / ".leases"
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self._lock = FileLock(folder / f"{stem}.lock")
-        self._lock.acquire()
-        self.path = folder / f"{stem}.txt"
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.claims: set[str] = set()
+        self.warning: str | None = None
+        self._fd: int | None = None
+        folder = root / ".leases"
+        stem = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.path = folder / f"{stem}.txt"
+        self._lock = FileLock(folder / f"{stem}.lock")
+        try:
+            if folder.is_symlink():
+                raise StoreError(f"{folder} is a symbolic link; crystallize writes no lease "
+                                 "through it")
+            folder.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            if self._lock.is_locked:
+                self._drop_lock()
+            self.warning = (
+                f"store {root}: cannot write a lease ({exc}); reading without one, so a "
+                "`crystallize clean` or a run elsewhere may remove versions this run reads"
+            )
+            _store_warning(self.warning)
         LeaseBook._open.setdefault(root, []).append(self)
+
+    @property
+    def writable(self) -> bool:
+        return self._fd is not None
 
     def claim(self, experiment: str, number: int) -> None:
         key = f"{experiment}/v{number}"
         if key not in self.claims:
-            os.write(self._fd, f"{key}\n".encode())
+            if self._fd is not None:
+                os.write(self._fd, f"{key}\n".encode())
             self.claims.add(key)
+
+    def release_replaced(self, experiment: str, current: int) -> None:
+        """Stop protecting the experiment's other versions from this process's own pruning:
+        ``current`` has replaced them, and this run reads them no more.
+
+        Other processes still see the lines until the run ends: erring on the side of keeping.
+        """
+        self.claims = {c for c in self.claims
+                       if c == f"{experiment}/v{current}" or not c.startswith(f"{experiment}/v")}
+
+    def _drop_lock(self) -> None:
+        # Unlinked while still held, so no other process can be holding the file we delete.
+        with contextlib.suppress(OSError):
+            Path(self._lock.lock_file).unlink()
+        self._lock.release()
 
     def close(self) -> None:
         LeaseBook._open.get(self.root, []).remove(self)
+        if self._fd is None:
+            return
         os.close(self._fd)
         with contextlib.suppress(OSError):
             self.path.unlink()
-        self._lock.release()
+        self._drop_lock()
 
     @classmethod
     def live_claims(cls, root: Path) -> set[str]:
@@ -203,50 +289,59 @@ class LeaseBook:
         claims: set[str] = set().union(*(b.claims for b in ours)) if ours else set()
         own = {b.path for b in ours}
         folder = root / ".leases"
-        for txt in folder.glob("*.txt") if folder.exists() else ():
+        linked = folder.is_symlink()  # read the claims, but delete nothing through the link
+        for txt in folder.glob("*.txt") if folder.is_dir() else ():
             if txt in own:
                 continue
             lock = txt.with_suffix(".lock")
             if _held_by_someone(lock):
                 with contextlib.suppress(OSError):
                     claims.update(txt.read_text().split())
-            else:  # left by a process that died
+            elif not linked:  # left by a process that died
                 for stale in (txt, lock):
                     with contextlib.suppress(OSError):
                         stale.unlink()
         return claims
 
 
-@dataclass
+@dataclass(frozen=True)
 class StoredVersion:
     """A version read from disk: its number, directory and ``metadata.json``."""
 
     number: int
     path: Path
-    metadata: dict[str, Any]
+    metadata: VersionMetadata
 
     @property
     def complete(self) -> bool:
-        return self.metadata.get("status") == "complete"
+        return self.metadata.complete
 
-    def condition_results(self, condition: str) -> dict[str, Any] | None:
-        """The condition's ``results.json`` if it carries a completion marker, else None."""
+    def condition_record(self, condition: str) -> ConditionRecord:
+        """The condition's ``results.json``, checked against what ``metadata.json`` recorded.
+
+        Raises :class:`CorruptRecordError` saying what is wrong: a complete condition without
+        its marker, a missing, truncated or edited ``results.json``.
+        """
+        info = self.metadata.conditions[condition]
         cdir = self.path / condition
-        if not (cdir / MARKER).exists():
-            return None
+        if info.complete and not (cdir / MARKER).exists():
+            raise CorruptRecordError(f"{cdir}: completion marker {MARKER} missing", path=cdir)
+        path = self.path / info.results.path
         try:
-            return read_json(cdir / RESULTS)
-        except (OSError, ValueError):
-            return None
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CorruptRecordError(f"{path}: cannot be read ({exc})", path=path) from None
+        if len(data) != info.results.size or content_hash(data) != info.results.blake2b:
+            raise CorruptRecordError(
+                f"{path}: changed since the run wrote it ({len(data)} bytes, {info.results.size} "
+                "written); not trusted", path=path)
+        return ConditionRecord.from_json(path, data)
 
-    def missing_artifacts(self, results: dict[str, Any], replicates: int) -> list[str]:
-        """Artifact files listed for the condition's first ``replicates`` that no longer exist."""
-        missing = []
-        for paths in results.get("artifacts", {}).values():
-            for rel in paths[:replicates]:
-                if rel is not None and not (self.path / rel).exists():
-                    missing.append(rel)
-        return missing
+    def file_problems(self, record: ConditionRecord, replicates: list[int]) -> list[str]:
+        """Files of those replicates (artifacts, value files) that are missing or truncated."""
+        files = [f for r in replicates for f in record.units[r].artifacts.values()]
+        files += record.side_files()
+        return [p for f in files if (p := f.problem(self.path)) is not None]
 
 
 @dataclass
@@ -256,42 +351,68 @@ class VersionWriter:
     number: int
     path: Path
     fsync: bool
-    conditions: list[str] = field(default_factory=list)
 
-    def reuse(self, source: StoredVersion, condition: str, results: dict[str, Any]) -> None:
-        """Bring a complete condition over from ``source`` without recomputing it.
+    def reuse(self, source: StoredVersion, record: ConditionRecord, replicates: int) -> None:
+        """Bring the complete units of a condition over from ``source`` without recomputing.
 
         Artifacts are hard-linked (copied where links are impossible), so the source version can
         later be pruned without affecting this one.
         """
-        for paths in results.get("artifacts", {}).values():
-            for rel in paths:
-                if rel is None:
-                    continue
-                dst = self.path / rel
+        for unit in record.units[:replicates]:
+            if unit.state != "complete":
+                continue
+            for art in unit.artifacts.values():
+                dst = self.path / art.path
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    os.link(source.path / rel, dst)
+                    os.link(source.path / art.path, dst)
                 except FileExistsError:
                     pass
                 except OSError:
-                    shutil.copy2(source.path / rel, dst)
+                    shutil.copy2(source.path / art.path, dst)
 
-    def finish_condition(self, condition: str, results: dict[str, Any], *, complete: bool) -> None:
-        """Write the condition's ``results.json``, then its marker if ``complete``."""
-        cdir = self.path / condition
-        write_json(cdir / RESULTS, results, fsync=self.fsync)
-        if complete:
+    def finish_condition(self, record: ConditionRecord) -> FileRecord:
+        """Write the condition's value files and ``results.json``, then its marker if complete.
+
+        Returns what ``metadata.json`` records about the ``results.json`` written.
+        """
+        cdir = self.path / record.condition
+        encoder = Encoder(f"{record.condition}/values/")
+        data = record.to_json(encoder)
+        for rel, payload in encoder.side:
+            atomic_write(self.path / rel, payload, fsync=self.fsync)
+        atomic_write(cdir / RESULTS, data, fsync=self.fsync)
+        if record.state == "complete":
             # An empty marker cannot be partial, so it is created directly, not renamed in.
             os.close(os.open(cdir / MARKER, os.O_WRONLY | os.O_CREAT, 0o644))
             if self.fsync:
                 fsync_dir(cdir)
-        self.conditions.append(condition)
+        return FileRecord.of(f"{record.condition}/{RESULTS}", data)
 
-    def publish(self, metadata: dict[str, Any]) -> StoredVersion:
+    def publish(self, metadata: VersionMetadata) -> StoredVersion:
         """Write ``metadata.json`` last: from here on the version is used by resume and readers."""
-        write_json(self.path / METADATA, metadata, fsync=self.fsync)
+        atomic_write(self.path / METADATA, metadata.to_json(), fsync=self.fsync)
         return StoredVersion(self.number, self.path, metadata)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The version resume would start from, and why newer ones were passed over."""
+
+    version: StoredVersion | None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class Removal:
+    """What pruning or cleaning removed (``vN`` names) and what it left alone, and why."""
+
+    removed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    #: versions left because a running process reads or writes them
+    in_use: list[str] = field(default_factory=list)
+    #: renamed-away directories still to delete (see :meth:`ExperimentStore.prune`)
+    trash: list[Path] = field(default_factory=list)
 
 
 class ExperimentStore:
@@ -321,27 +442,69 @@ class ExperimentStore:
     def run_lock_path(self) -> Path:
         return self.dir / ".run.lock"
 
+    def mark_owner(self, experiment: str) -> None:
+        """Say who holds the run lock, for a process waiting on it (see :meth:`owner`)."""
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "experiment": experiment,
+                "since": time.time()}
+        atomic_write(self.dir / ".run.owner", json.dumps(info).encode())
+
+    def owner(self) -> str:
+        """Who holds the run lock, as :meth:`mark_owner` left it."""
+        try:
+            info = json.loads((self.dir / ".run.owner").read_bytes())
+            since = time.strftime("%H:%M:%S", time.localtime(float(info["since"])))
+            return (f"pid {int(info['pid'])} on {info['host']} (experiment "
+                    f"{info['experiment']}, since {since})")
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
     def version_numbers(self) -> list[int]:
         """Every version directory's number, newest first."""
         try:
             names = os.listdir(self.dir)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         numbers = [int(m.group(1)) for n in names if (m := _VERSION.match(n))]
         return sorted(numbers, reverse=True)
 
     def read(self, number: int) -> StoredVersion | None:
+        """Version ``number``; None while it has no ``metadata.json`` (being written, or
+        abandoned); :class:`CorruptRecordError` if its metadata is not what a run writes."""
         path = self.dir / f"v{number}"
         try:
-            meta = read_json(path / METADATA)
-        except (OSError, ValueError):
+            data = (path / METADATA).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        return StoredVersion(number, path, meta)
+        except OSError as exc:
+            raise CorruptRecordError(f"{path / METADATA}: cannot be read ({exc})",
+                                     path=path / METADATA) from None
+        return StoredVersion(number, path, VersionMetadata.from_json(path / METADATA, data))
+
+    def _read_quietly(self, number: int) -> StoredVersion | None:
+        try:
+            return self.read(number)
+        except CorruptRecordError:
+            return None
+
+    def scan(self) -> Scan:
+        """The newest version a resume can start from: complete, or partial (some units
+        failed: resume reruns them). Failed and unfinished versions are passed over; corrupt
+        ones too, each with a note saying why."""
+        notes: list[str] = []
+        for number in self.version_numbers():
+            try:
+                version = self.read(number)
+            except CorruptRecordError as exc:
+                notes.append(f"v{number} is not usable ({exc})")
+                continue
+            if version is not None and version.metadata.status != "failed":
+                return Scan(version, tuple(notes))
+        return Scan(None, tuple(notes))
 
     def newest_complete(self) -> StoredVersion | None:
         """The newest version whose ``metadata.json`` says complete, or None."""
         for number in self.version_numbers():
-            version = self.read(number)
+            version = self._read_quietly(number)
             if version is not None and version.complete:
                 return version
         return None
@@ -365,47 +528,102 @@ class ExperimentStore:
         return VersionWriter(number, self.dir / f"v{number}", self.fsync)
 
     def claim(self, book: LeaseBook, version: StoredVersion) -> bool:
-        """Protect ``version`` from pruning for ``book``'s run; False if it is already going."""
-        book.claim(self.name, version.number)
-        return (version.path / METADATA).exists() and not (version.path / ".doomed").exists()
+        """Protect ``version`` from pruning for ``book``'s run; False if it is already going.
 
-    def prune(self) -> list[Path]:
-        """Retire versions beyond the newest ``keep`` complete ones, and dead unfinished ones.
-
-        Versions claimed by a live run are skipped, and so are unfinished versions newer than
-        the newest complete one (they may be being written). Retired versions are renamed away
-        at once, so they vanish whole; the returned directories are for the caller to delete
-        (slow on some disks, so it need not happen on the critical path).
+        A ``.doomed`` mark counts only while a pruner holds the experiment's lock: one left by
+        a pruner that died means nothing (``status`` ignores it too, so the two agree).
         """
-        numbers = self.version_numbers()
-        if len(numbers) <= self.keep:
-            return []
-        versions = [(n, self.read(n)) for n in numbers]
-        complete = [n for n, v in versions if v is not None and v.complete]
-        if not complete:
-            return []
-        retire = set(complete[self.keep:]) | {
-            n for n, v in versions if (v is None or not v.complete) and n < complete[0]
-        }
-        if not retire:
-            return []
-        trash: list[Path] = []
+        book.claim(self.name, version.number)
+        if (version.path / DOOMED).exists() and _held_by_someone(self.dir / ".lock"):
+            return False
+        return (version.path / METADATA).exists()
+
+    def _link_note(self, path: Path) -> str:
+        return (f"skipped {path}: a symbolic link (crystallize never deletes through a link; "
+                "remove it yourself if it is not wanted)")
+
+    def _retire(self, numbers: list[int], removal: Removal) -> None:
+        """Rename the versions away, except those a live run claims (see the module doc)."""
         with self._locked():
             doomed = []
-            for number in sorted(retire):
-                mark = self.dir / f"v{number}" / ".doomed"
+            for number in sorted(numbers):
+                path = self.dir / f"v{number}"
+                if path.is_symlink():
+                    removal.skipped.append(self._link_note(path))
+                    continue
                 with contextlib.suppress(OSError):
-                    os.close(os.open(mark, os.O_WRONLY | os.O_CREAT, 0o644))
+                    os.close(os.open(path / DOOMED, os.O_WRONLY | os.O_CREAT, 0o644))
                     doomed.append(number)
             claims = LeaseBook.live_claims(self.root)
             for number in doomed:
                 path = self.dir / f"v{number}"
                 if f"{self.name}/v{number}" in claims:
                     with contextlib.suppress(OSError):
-                        (path / ".doomed").unlink()
+                        (path / DOOMED).unlink()
+                    removal.in_use.append(f"v{number}")
                     continue
                 target = self.dir / f".trash-v{number}-{uuid.uuid4().hex[:8]}"
                 with contextlib.suppress(OSError):
                     os.rename(path, target)
-                    trash.append(target)
-        return trash
+                    removal.trash.append(target)
+                    removal.removed.append(f"v{number}")
+
+    def prune(self) -> Removal:
+        """Retire versions beyond the newest ``keep`` complete ones, and superseded others.
+
+        A version that is not complete (partial, failed, unfinished, unreadable) goes once a
+        newer version is published; a complete one only once ``keep`` newer complete ones
+        exist. Versions claimed by a live run are skipped. Retired versions are renamed away at
+        once, so they vanish whole; ``trash`` is for the caller to delete (slow on some disks,
+        so it need not happen on the critical path).
+        """
+        removal = Removal()
+        if self.dir.is_symlink():
+            removal.skipped.append(self._link_note(self.dir))
+            return removal
+        numbers = self.version_numbers()
+        if len(numbers) <= self.keep:
+            return removal
+        versions = [(n, self._read_quietly(n)) for n in numbers]
+        complete = [n for n, v in versions if v is not None and v.complete]
+        published = [n for n, v in versions if v is not None]
+        if not published:
+            return removal
+        retire = set(complete[self.keep:]) | {
+            n for n, v in versions if (v is None or not v.complete) and n < published[0]
+        }
+        if retire:
+            self._retire(sorted(retire), removal)
+        return removal
+
+    def clean(self, keep: int | None) -> Removal:
+        """Delete, now: complete versions beyond the newest ``keep`` (all when None), every
+        version that is not complete, and what interrupted pruning left behind.
+
+        What a live run claims is left alone and reported, as is any symbolic link.
+        """
+        removal = Removal()
+        if self.dir.is_symlink():
+            removal.skipped.append(self._link_note(self.dir))
+            return removal
+        if not self.dir.is_dir():
+            return removal
+        try:
+            versions = [(n, self._read_quietly(n)) for n in self.version_numbers()]
+            complete = [n for n, v in versions if v is not None and v.complete]
+            kept = complete[:keep] if keep is not None else []
+            self._retire([n for n, _ in versions if n not in kept], removal)
+            for entry in sorted(self.dir.iterdir()):
+                if not entry.name.startswith(".trash-") or entry in removal.trash:
+                    continue
+                if entry.is_symlink():
+                    removal.skipped.append(self._link_note(entry))
+                else:
+                    removal.trash.append(entry)
+                    removal.removed.append(entry.name)
+            for path in removal.trash:
+                delete_tree(path)
+        except OSError as exc:
+            raise StoreError(f"cannot clean {self.dir}: {exc.strerror or exc}") from None
+        removal.trash.clear()
+        return removal

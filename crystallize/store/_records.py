@@ -1,0 +1,551 @@
+"""The store's typed records, and the value codec that writes them without running code on read.
+
+Three records, each a frozen dataclass with a ``schema_version``, written and read only by the
+store: :class:`VersionMetadata` (``vN/metadata.json``), :class:`ConditionRecord`
+(``vN/<condition>/results.json``) and, inside it, one :class:`UnitRecord` per replicate. A unit
+is ``complete``, ``failed`` or ``never ran``; a condition or a version with a failed unit is not
+complete, and nobody has to infer that from a missing key.
+
+Reading a record never unpickles. Values JSON holds stay JSON; tuples, sets, bytes, dicts with
+keys other than strings, and numpy scalars are tagged JSON; numpy arrays are ``.npy`` files
+(read with ``allow_pickle=False``); anything else is pickled into a side file. Side files are
+only :class:`StoredValue` placeholders until :func:`load_values` is called, which happens only
+where a run or a ``Result`` needs the values, never for ``status``, ``clean`` or resume checks.
+Every structural problem in a record is a :class:`CorruptRecordError` naming the file and key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import pickle
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import CorruptRecordError, UnstorableValueError
+
+#: Bumped whenever the layout of a record changes; older records are rerun, never guessed at.
+SCHEMA_VERSION = 2
+
+UnitState = Literal["complete", "failed", "never ran"]
+VersionStatus = Literal["complete", "partial", "failed"]
+_UNIT_STATES: tuple[UnitState, ...] = ("complete", "failed", "never ran")
+_VERSION_STATUSES: tuple[VersionStatus, ...] = ("complete", "partial", "failed")
+
+#: Key of a tagged JSON object (a value JSON has no type for).
+TAG = "__crystallize__"
+
+
+def content_hash(data: bytes) -> str:
+    """The store's content hash of ``data`` (BLAKE2b, 128 bits, hex)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    """:func:`content_hash` of a file, read in chunks so a large artifact is never all in memory."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A file of a version: its path relative to ``vN/``, size in bytes and content hash."""
+
+    path: str
+    size: int
+    blake2b: str
+
+    @classmethod
+    def of(cls, path: str, data: bytes) -> FileRecord:
+        return cls(path, len(data), content_hash(data))
+
+    def problem(self, version_dir: Path) -> str | None:
+        """Why the file under ``version_dir`` is not the one recorded (missing, other size)."""
+        try:
+            size = (version_dir / self.path).stat().st_size
+        except OSError:
+            return f"{self.path} is missing"
+        if size != self.size:
+            return f"{self.path} has {size} bytes, {self.size} were written"
+        return None
+
+
+@dataclass(frozen=True)
+class StoredValue:
+    """A metric value kept in a side file (``npy`` or ``pickle``), not loaded yet."""
+
+    kind: Literal["npy", "pickle"]
+    file: FileRecord
+
+
+# -- the value codec --------------------------------------------------------------------------
+def _numpy() -> Any:
+    # Only a value that came from numpy can need it, and then the step code imported it.
+    return sys.modules.get("numpy")
+
+
+def _is_array(value: Any) -> bool:
+    np = _numpy()
+    return np is not None and type(value) is np.ndarray and not value.dtype.hasobject
+
+
+def _is_numpy_scalar(value: Any) -> bool:
+    np = _numpy()
+    return np is not None and isinstance(value, np.generic) and value.dtype.kind in "biuf"
+
+
+def unstorable_leaf(value: Any) -> str | None:
+    """Why the store could not give ``value`` back exactly, or None; containers are the
+    caller's to walk (only ``list``, ``tuple``, ``dict``, ``set`` and ``frozenset`` themselves
+    are stored item by item, anything else whole)."""
+    if value is None or type(value) in (bool, int, float, str, bytes):
+        return None
+    if _is_array(value) or _is_numpy_scalar(value):
+        return None
+    try:
+        pickle.dumps(value)
+    except Exception as exc:
+        return (f"is a {type(value).__name__}, which is not JSON, not a numpy array, and "
+                f"pickle refuses it ({exc}); record numbers, strings, containers of them, "
+                "arrays, or objects of importable classes")
+    return None
+
+
+class Encoder:
+    """Turns values into JSON, collecting the side files they need (``<prefix><n>.npy``)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.side: list[tuple[str, bytes]] = []
+
+    def _side(self, kind: Literal["npy", "pickle"], data: bytes) -> dict[str, Any]:
+        path = f"{self.prefix}{len(self.side)}.{'npy' if kind == 'npy' else 'pkl'}"
+        self.side.append((path, data))
+        return {TAG: kind, "path": path, "size": len(data), "blake2b": content_hash(data)}
+
+    def encode(self, value: Any) -> Any:
+        kind = type(value)
+        if value is None or kind in (bool, int, str):
+            return value
+        if kind is float:
+            # JSON has no NaN or infinity: Python's json writes them, but other readers choke.
+            return value if math.isfinite(value) else {TAG: "float", "value": repr(value)}
+        if kind is list:
+            return [self.encode(v) for v in value]
+        if kind in (tuple, set, frozenset):
+            return {TAG: kind.__name__, "items": [self.encode(v) for v in value]}
+        if kind is dict:
+            if all(type(k) is str for k in value) and TAG not in value:
+                return {k: self.encode(v) for k, v in value.items()}
+            return {TAG: "dict", "items": [[self.encode(k), self.encode(v)]
+                                           for k, v in value.items()]}
+        if kind is bytes:
+            return {TAG: "bytes", "hex": value.hex()}
+        if _is_numpy_scalar(value):
+            return {TAG: "numpy", "dtype": str(value.dtype), "value": self.encode(value.item())}
+        if _is_array(value):
+            buffer = io.BytesIO()
+            _numpy().save(buffer, value, allow_pickle=False)
+            return self._side("npy", buffer.getvalue())
+        try:
+            return self._side("pickle", pickle.dumps(value))
+        except Exception as exc:
+            raise UnstorableValueError(
+                f"a {type(value).__name__} cannot be stored: {exc}") from None
+
+
+def _tagged(obj: dict[str, Any]) -> Any:
+    """``json.loads`` object hook: rebuild tagged values; side files become placeholders."""
+    tag = obj.get(TAG)
+    if tag is None:
+        return obj
+    if tag in ("tuple", "set", "frozenset"):
+        items = obj["items"]
+        return tuple(items) if tag == "tuple" else set(items) if tag == "set" else frozenset(items)
+    if tag == "dict":
+        return {_hashable(k): v for k, v in obj["items"]}
+    if tag == "bytes":
+        return bytes.fromhex(obj["hex"])
+    if tag == "float":
+        return float(obj["value"])
+    if tag == "numpy":
+        np = _numpy() or _import_numpy()
+        return np.dtype(obj["dtype"]).type(obj["value"])
+    if tag in ("npy", "pickle"):
+        return StoredValue(tag, FileRecord(obj["path"], int(obj["size"]), str(obj["blake2b"])))
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def _hashable(key: Any) -> Any:
+    if isinstance(key, (list, dict, set)):
+        raise ValueError(f"dictionary key {key!r} is not hashable")
+    return key
+
+
+def _import_numpy() -> Any:
+    import numpy  # a numpy scalar was stored, so numpy was installed when it was written
+
+    return numpy
+
+
+def decode_json(data: bytes) -> Any:
+    """Parse a record's JSON, rebuilding tagged values; raises ValueError on anything odd."""
+    try:
+        return json.loads(data, object_hook=_tagged)
+    except (KeyError, TypeError, AttributeError, ImportError) as exc:
+        raise ValueError(f"malformed tagged value ({type(exc).__name__}: {exc})") from None
+
+
+def dump_json(obj: Any) -> bytes:
+    # No indent: only then does json use its C encoder, several times faster on metadata.
+    return json.dumps(obj, allow_nan=False).encode()
+
+
+def load_value(value: Any, version_dir: Path) -> Any:
+    """``value`` with every :class:`StoredValue` in it read from its side file.
+
+    This is the only place a stored pickle is ever loaded; its hash is checked first, so a file
+    swapped after the run is refused rather than run.
+    """
+    if isinstance(value, StoredValue):
+        data = (version_dir / value.file.path).read_bytes()
+        if content_hash(data) != value.file.blake2b:
+            raise CorruptRecordError(
+                f"{version_dir / value.file.path}: content differs from what the run wrote; "
+                "rerun the experiment"
+            )
+        if value.kind == "npy":
+            return _import_numpy().load(io.BytesIO(data), allow_pickle=False)
+        return pickle.loads(data)
+    kind = type(value)
+    if kind is list:
+        return [load_value(v, version_dir) for v in value]
+    if kind in (tuple, set, frozenset):
+        return kind(load_value(v, version_dir) for v in value)
+    if kind is dict:
+        return {k: load_value(v, version_dir) for k, v in value.items()}
+    return value
+
+
+# -- validation helpers -----------------------------------------------------------------------
+class _Reader:
+    """Typed access to one parsed JSON object, raising :class:`CorruptRecordError` by key."""
+
+    def __init__(self, path: Path, obj: Any, where: str = "") -> None:
+        self.path, self.where = path, where
+        if not isinstance(obj, dict):
+            self.fail(where or "top level", f"expected a JSON object, got {_kind(obj)}")
+        self.obj: dict[str, Any] = obj
+
+    def fail(self, key: str, message: str) -> Any:
+        raise CorruptRecordError(f"{self.path}: key {key!r}: {message}", path=self.path, key=key)
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def get(self, name: str, expected: type | tuple[type, ...], default: Any = ...) -> Any:
+        if name not in self.obj:
+            if default is not ...:
+                return default
+            return self.fail(self.key(name), "missing")
+        value = self.obj[name]
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is int):
+            names = expected.__name__ if isinstance(expected, type) else " or ".join(
+                t.__name__ for t in expected)
+            return self.fail(self.key(name), f"expected {names}, got {_kind(value)}")
+        return value
+
+    def count(self, name: str) -> int:
+        value: int = self.get(name, int)
+        if value < 1:
+            self.fail(self.key(name), f"expected a whole number >= 1, got {value}")
+        return value
+
+    def sub(self, name: str) -> _Reader:
+        return _Reader(self.path, self.get(name, dict), self.key(name))
+
+    def choice(self, name: str, options: tuple[str, ...]) -> Any:
+        value = self.get(name, str)
+        if value not in options:
+            self.fail(self.key(name), f"expected one of {list(options)}, got {value!r}")
+        return value
+
+    def ints(self, name: str) -> tuple[int, ...]:
+        values = self.get(name, list)
+        if not all(type(v) is int for v in values):
+            self.fail(self.key(name), "expected a list of whole numbers")
+        return tuple(values)
+
+    def strings(self, name: str) -> dict[str, str]:
+        values = self.get(name, dict)
+        if not all(isinstance(v, str) for v in values.values()):
+            self.fail(self.key(name), "expected a mapping of names to strings")
+        return dict(values)
+
+    def schema(self) -> None:
+        version = self.obj.get("schema_version")
+        if version != SCHEMA_VERSION:
+            self.fail("schema_version", f"written with schema {version!r}, this crystallize "
+                      f"reads schema {SCHEMA_VERSION}")
+
+    def file(self, name: str) -> FileRecord:
+        sub = self.sub(name)
+        return FileRecord(sub.get("path", str), sub.get("size", int), sub.get("blake2b", str))
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r}"[:80]
+
+
+def _file_json(record: FileRecord) -> dict[str, Any]:
+    return {"path": record.path, "size": record.size, "blake2b": record.blake2b}
+
+
+# -- unit and condition records ---------------------------------------------------------------
+@dataclass(frozen=True)
+class UnitRecord:
+    """One replicate of a condition as stored."""
+
+    replicate: int
+    state: UnitState
+    seed: int | None = None
+    #: metric name -> value (a :class:`StoredValue` until :func:`load_values`)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    artifacts: Mapping[str, FileRecord] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ConditionRecord:
+    """A condition's ``results.json``: one :class:`UnitRecord` per replicate, in order."""
+
+    condition: str
+    units: tuple[UnitRecord, ...]
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def replicates(self) -> int:
+        return len(self.units)
+
+    @property
+    def state(self) -> UnitState:
+        """``complete`` if every unit is, ``never ran`` if none ran, else ``failed``."""
+        states = {u.state for u in self.units}
+        if states == {"complete"}:
+            return "complete"
+        return "never ran" if states <= {"never ran"} else "failed"
+
+    def metrics(self) -> dict[str, list[Any]]:
+        """Metric name -> value per replicate (None where that replicate has none)."""
+        names = list(dict.fromkeys(n for u in self.units for n in u.metrics))
+        return {n: [u.metrics.get(n) for u in self.units] for n in names}
+
+    def artifact_paths(self) -> dict[str, list[str | None]]:
+        """Artifact file name -> path relative to ``vN/`` per replicate (None where missing)."""
+        names = list(dict.fromkeys(n for u in self.units for n in u.artifacts))
+        return {n: [(u.artifacts[n].path if n in u.artifacts else None) for u in self.units]
+                for n in names}
+
+    def errors(self) -> dict[int, str]:
+        return {u.replicate: u.error for u in self.units if u.error is not None}
+
+    def to_json(self, encoder: Encoder) -> bytes:
+        metrics = self.metrics()
+        artifacts = list(dict.fromkeys(n for u in self.units for n in u.artifacts))
+        # Column-wise, so that a person or a script reads ``metrics[name][replicate]``.
+        return dump_json({
+            "schema_version": self.schema_version,
+            "condition": self.condition,
+            "replicates": self.replicates,
+            "states": [u.state for u in self.units],
+            "seeds": [u.seed for u in self.units],
+            "metrics": {n: [encoder.encode(v) for v in values] for n, values in metrics.items()},
+            "recorded": {n: [n in u.metrics for u in self.units] for n in metrics},
+            "artifacts": {n: [(u.artifacts[n].path if n in u.artifacts else None)
+                              for u in self.units] for n in artifacts},
+            "files": {n: [(_file_json(u.artifacts[n]) if n in u.artifacts else None)
+                          for u in self.units] for n in artifacts},
+            "errors": {str(u.replicate): u.error for u in self.units if u.error is not None},
+        })
+
+    @classmethod
+    def from_json(cls, path: Path, data: bytes) -> ConditionRecord:
+        try:
+            obj = decode_json(data)
+        except ValueError as exc:
+            raise CorruptRecordError(f"{path}: not valid JSON ({exc})", path=path) from None
+        r = _Reader(path, obj)
+        r.schema()
+        n = r.count("replicates")
+        states, seeds = r.get("states", list), r.get("seeds", list)
+        metrics, recorded = r.sub("metrics"), r.sub("recorded")
+        files, errors = r.sub("files"), r.strings("errors")
+        for key, column in (("states", states), ("seeds", seeds)):
+            if len(column) != n:
+                r.fail(key, f"expected {n} entries (one per replicate), got {len(column)}")
+        if any(s not in _UNIT_STATES for s in states):
+            r.fail("states", f"expected entries from {list(_UNIT_STATES)}, got {states}")
+        units = []
+        for rep in range(n):
+            values = {}
+            for name in metrics.obj:
+                column, flags = metrics.get(name, list), recorded.get(name, list)
+                if len(column) != n or len(flags) != n:
+                    r.fail(f"metrics.{name}", f"expected {n} entries (one per replicate)")
+                if flags[rep]:
+                    values[name] = column[rep]
+            arts = {}
+            for name in files.obj:
+                column = files.get(name, list)
+                if len(column) != n:
+                    r.fail(f"files.{name}", f"expected {n} entries (one per replicate)")
+                if column[rep] is not None:
+                    entry = _Reader(path, column[rep], f"files.{name}[{rep}]")
+                    arts[name] = FileRecord(entry.get("path", str), entry.get("size", int),
+                                            entry.get("blake2b", str))
+            units.append(UnitRecord(rep, states[rep], seeds[rep], values, arts,
+                                    errors.get(str(rep))))
+        return cls(r.get("condition", str), tuple(units))
+
+    def side_files(self) -> list[FileRecord]:
+        """The side files its values live in."""
+        found: list[FileRecord] = []
+
+        def walk(value: Any) -> None:
+            if isinstance(value, StoredValue):
+                found.append(value.file)
+            elif isinstance(value, (list, tuple, set, frozenset)):
+                for v in value:
+                    walk(v)
+            elif isinstance(value, dict):
+                for v in value.values():
+                    walk(v)
+
+        for unit in self.units:
+            for value in unit.metrics.values():
+                walk(value)
+        return found
+
+    def with_values(self, version_dir: Path) -> ConditionRecord:
+        """This record with its side-file values loaded (see :func:`load_value`)."""
+        units = tuple(
+            replace(u, metrics={n: load_value(v, version_dir) for n, v in u.metrics.items()})
+            for u in self.units
+        )
+        return replace(self, units=units)
+
+
+# -- version metadata -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConditionMeta:
+    """What ``metadata.json`` says about one condition of the version."""
+
+    treatment: str
+    #: fresh whenever the condition is computed, carried over when it is reused
+    origin: str
+    upstreams: Mapping[str, str]
+    state: UnitState
+    executed_replicates: tuple[int, ...]
+    #: the condition's ``results.json`` as written (so a hand edit or truncation shows)
+    results: FileRecord
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "complete"
+
+
+@dataclass(frozen=True)
+class VersionMetadata:
+    """``vN/metadata.json``, written last: from then on the version is what it says.
+
+    ``status`` is ``complete`` when every unit of every condition succeeded, ``partial`` when
+    some failed (resume reruns those), ``failed`` when the experiment failed as a whole.
+    """
+
+    experiment: str
+    version: int
+    status: VersionStatus
+    replicates: int
+    conditions: Mapping[str, ConditionMeta]
+    fingerprint: Mapping[str, Any]
+    upstreams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    seeds: tuple[int, ...] = ()
+    strategy: str = "rerun"
+    reason: str = ""
+    executor: str = ""
+    timings: Mapping[str, float] = field(default_factory=dict)
+    host: str = ""
+    pid: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    def condition_state(self, condition: str) -> UnitState:
+        """``complete``, ``failed`` (some unit failed) or ``never ran`` (not in this version)."""
+        info = self.conditions.get(condition)
+        return "never ran" if info is None else info.state
+
+    def to_json(self) -> bytes:
+        return dump_json({
+            "schema_version": self.schema_version,
+            "experiment": self.experiment,
+            "version": self.version,
+            "status": self.status,
+            "replicates": self.replicates,
+            "conditions": {c: {
+                "treatment": i.treatment, "origin": i.origin, "upstreams": dict(i.upstreams),
+                "state": i.state, "complete": i.complete,
+                "executed_replicates": list(i.executed_replicates),
+                "results": _file_json(i.results),
+            } for c, i in self.conditions.items()},
+            "fingerprint": self.fingerprint,
+            "upstreams": {p: dict(u) for p, u in self.upstreams.items()},
+            "seeds": list(self.seeds),
+            "strategy": self.strategy,
+            "reason": self.reason,
+            "executor": self.executor,
+            "timings": dict(self.timings),
+            "host": self.host,
+            "pid": self.pid,
+        })
+
+    @classmethod
+    def from_json(cls, path: Path, data: bytes) -> VersionMetadata:
+        try:
+            obj = json.loads(data)  # plain JSON: metadata holds no tagged values
+        except ValueError as exc:
+            raise CorruptRecordError(f"{path}: not valid JSON ({exc})", path=path) from None
+        r = _Reader(path, obj)
+        r.schema()
+        conditions = {}
+        for name in r.get("conditions", dict):
+            c = r.sub("conditions").sub(name)
+            conditions[name] = ConditionMeta(
+                treatment=c.get("treatment", str), origin=c.get("origin", str),
+                upstreams=c.strings("upstreams"), state=c.choice("state", _UNIT_STATES),
+                executed_replicates=c.ints("executed_replicates"), results=c.file("results"),
+            )
+        if not conditions:
+            r.fail("conditions", "expected at least the baseline condition, got none")
+        timings = r.get("timings", dict, {})
+        return cls(
+            experiment=r.get("experiment", str), version=r.get("version", int),
+            status=r.choice("status", _VERSION_STATUSES), replicates=r.count("replicates"),
+            conditions=conditions, fingerprint=r.get("fingerprint", dict),
+            upstreams=r.get("upstreams", dict, {}), seeds=r.ints("seeds"),
+            strategy=r.get("strategy", str, "rerun"), reason=r.get("reason", str, ""),
+            executor=r.get("executor", str, ""),
+            timings={k: v for k, v in timings.items() if isinstance(v, (int, float))},
+            host=r.get("host", str, ""), pid=r.get("pid", int, 0),
+        )
+
