@@ -112,7 +112,7 @@ class Pipeline:
     def __init__(self, steps: Iterable[Any]) -> None:
         self.steps: list[PipelineStep] = [as_step(s) for s in steps]
         for step in self.steps:
-            check_name("step", step.name, f"step function {step.fn.__qualname__}")
+            check_name("step", step.name, f"step function {step.fn.__name__!r}")
         if not self.steps:
             raise ValueError("a pipeline needs at least one step")
 
