@@ -184,6 +184,10 @@ def test_errors_share_one_root_and_keep_their_builtin_bases() -> None:
         errors.CallbackError: RuntimeError,
         errors.HypothesisError: RuntimeError,
         errors.LoaderError: RuntimeError,
+        errors.InvalidNameError: ValueError,
+        errors.UnstorableValueError: TypeError,
+        errors.CorruptRecordError: ValueError,
+        errors.StoreError: OSError,
     }
     for cls, base in bases.items():
         assert issubclass(cls, errors.CrystallizeError) and issubclass(cls, base), cls

@@ -23,7 +23,7 @@ from test_cli import cli, ok, user_mistake
 
 from crystallize import Artifact, Experiment, ExperimentGraph, Treatment, data_source, pipeline_step
 from crystallize.errors import ExperimentFailedError, InvalidNameError
-from crystallize.status import experiment_status
+from crystallize.running import experiment_status
 
 from processes import is_alive
 
@@ -413,7 +413,7 @@ def held(replicates: int = 1) -> Experiment:
 HOLDER = """\
 import sys
 sys.path.insert(0, {tests!r})
-from crystallize.executors import ProcessExecutor
+from crystallize import ProcessExecutor
 from test_store_safety import held
 # One unit per worker, never two in one batch: the test needs each unit in its own process.
 executor = ProcessExecutor(max_workers={replicates}, batching=False)
