@@ -93,7 +93,9 @@ def test_status_configures_without_a_scheduler(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_a_node_runs_from_its_narrow_inputs_alone() -> None:
     # No scheduler: the node's run is driven by plain callables, which are all it may use.
-    graph = ExperimentGraph(Experiment(numbers(), [passthrough()], name="solo", replicates=2))
+    # strategy resume: status honours each experiment's strategy, and calls a "rerun" one stale
+    graph = ExperimentGraph(Experiment(numbers(), [passthrough()], name="solo", replicates=2,
+                                       strategy="resume"))
     exp = configure(graph)["solo"]
     events: list[str] = []
     books: dict[Path, LeaseBook] = {}
