@@ -148,17 +148,16 @@ def test_names_that_would_escape_the_store_are_refused_before_anything_runs(tmp_
     escape.__name__ = "../../escaped"
     with pytest.raises(InvalidNameError, match="path separator") as err:
         Experiment(numbers(), [pipeline_step()(escape)()], name="evil")
-    assert "escaped" in str(err.value) and isinstance(err.value, ValueError)
+    assert "../../escaped" in str(err.value) and isinstance(err.value, ValueError)
     for bad in ("a\0b", "..\\up", "x/y"):
-        with pytest.raises(InvalidNameError):
+        with pytest.raises(ValueError):
             Treatment(bad, {"offset": 1})
     for bad in ("a\0b", "sub/dir", ".hidden"):
-        with pytest.raises(InvalidNameError):
+        with pytest.raises(ValueError):
             Experiment(numbers(), [measure(out=OUT)], outputs=[OUT], name=bad)
     with pytest.raises(InvalidNameError):
         Artifact("..\\out.json")
-    with pytest.raises(InvalidNameError, match="keeps in each version"):
-        Treatment("metadata.json", {"offset": 1})
+    Artifact("results.json")  # a file of a step's own folder may take a name the store uses
     assert not Path("ran").exists() and not list(tmp_path.parent.glob("escaped*"))
 
 
@@ -207,7 +206,7 @@ def test_clean_skips_links_and_says_so(tmp_path):
 # -- 4. resume returns exactly what the run returned -------------------------------------------
 @pipeline_step()
 def shapes(data, ctx):
-    return data, {"pair": (1, "a"), "by_id": {1: "one", (2, 3): ("x",)},
+    return data, {"pair": (1, "a"), "by_id": {1: "one", 2.5: ("x",), None: {3}},
                   "nested": [(1, 2), {"k": (3,)}], "raw": b"\x00\x01", "big": float("inf")}
 
 
@@ -221,7 +220,7 @@ def test_resume_restores_tuples_int_keys_and_refuses_what_it_cannot_store():
     assert again.metrics.baseline.metrics == first.metrics.baseline.metrics
     value = again.metrics.baseline.metrics
     assert value["pair"][0] == (1, "a") and type(value["pair"][0]) is tuple
-    assert value["by_id"][0] == {1: "one", (2, 3): ("x",)}
+    assert value["by_id"][0] == {1: "one", 2.5: ("x",), None: {3}}
     assert value["nested"][0] == [(1, 2), {"k": (3,)}] and value["raw"][0] == b"\x00\x01"
 
     @pipeline_step()
@@ -232,7 +231,7 @@ def test_resume_restores_tuples_int_keys_and_refuses_what_it_cannot_store():
     with pytest.raises(ExperimentFailedError) as failed:
         Experiment(numbers(), [int_name()], name="intname").run(executor="inline")
     error = failed.value.results["intname"].errors["baseline_rep_0"]
-    assert "metric names must be strings" in str(error)
+    assert "metric names are non-empty strings" in str(error)
 
     @pipeline_step()
     def opaque(data, ctx):
@@ -241,7 +240,7 @@ def test_resume_restores_tuples_int_keys_and_refuses_what_it_cannot_store():
     with pytest.raises(ExperimentFailedError) as failed:
         Experiment(numbers(), [opaque()], name="opaque").run(executor="inline")
     error = failed.value.results["opaque"].errors["baseline_rep_0"]
-    assert "metric 'fn'" in str(error) and "cannot be stored" in str(error)
+    assert "metric 'fn'" in str(error) and "pickle refuses it" in str(error)
 
 
 # -- 5. corruption is never trusted ------------------------------------------------------------

@@ -5,6 +5,7 @@ Knows nothing of experiments beyond names and fingerprints.
 """
 
 from ._cache import StepCache
+from ._leases import LeaseBook, StoreWarning, unusable_lock
 from ._records import (
     SCHEMA_VERSION,
     ConditionMeta,
@@ -22,15 +23,12 @@ from ._records import (
 from ._store import (
     MARKER,
     ExperimentStore,
-    LeaseBook,
     Removal,
     Scan,
     StoredVersion,
-    StoreWarning,
     atomic_write,
     check_name,
     path_name_problem,
-    unusable_lock,
 )
 
 __all__ = [
