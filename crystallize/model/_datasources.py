@@ -83,7 +83,8 @@ def as_datasource(obj: Any, *, what: str = "datasource") -> DataSource:
     if isinstance(obj, DataSource):
         return obj
     if callable(obj) and getattr(obj, "is_datasource_factory", False):
-        return obj()
+        source: DataSource = obj()
+        return source
     raise TypeError(
         f"{what} must be a DataSource (made with @data_source, an Artifact, or an "
         f"ExperimentInput), got {obj!r}"

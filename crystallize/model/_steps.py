@@ -99,7 +99,8 @@ def as_step(obj: Any) -> PipelineStep:
     if isinstance(obj, PipelineStep):
         return obj
     if callable(obj) and getattr(obj, "is_step_factory", False):
-        return obj()
+        step: PipelineStep = obj()
+        return step
     raise TypeError(
         f"pipeline entries must be steps made with @pipeline_step, got {obj!r}; "
         "decorate the function with @pipeline_step and call the factory, e.g. scale(factor=2)"
