@@ -193,20 +193,23 @@ def unknown_verifier(tmp: Path) -> object:
     return ExperimentGraph.from_yaml(folder(tmp, config=config))
 
 
+def consumer_of(tmp: Path, reference: str) -> object:
+    """Load a consumer whose datasource is ``reference``, next to a producer of output ``out``."""
+    folder(tmp, "producer", config="steps: [first]\noutputs: {out: o.txt}\n", steps=WRITE_TWICE)
+    folder(tmp, "consumer", config=f"datasource: {reference}\nsteps: [scale]\n")
+    return ExperimentGraph.from_yaml(tmp / "consumer")
+
+
 @mistake(ConfigError, "consumer/config.yaml", "'datasource'", "'producr'",
          "did you mean 'producer'")
 def reference_to_a_missing_experiment(tmp: Path) -> object:
-    folder(tmp, "producer", config="steps: [first]\noutputs: {out: o.txt}\n", steps=WRITE_TWICE)
-    folder(tmp, "consumer", config="datasource: producr#out\nsteps: [scale]\n")
-    return ExperimentGraph.from_yaml(tmp / "consumer")
+    return consumer_of(tmp, "producr#out")
 
 
 @mistake(ConfigError, "consumer/config.yaml", "'datasource'", "no output 'ot'",
          "did you mean 'out'")
 def reference_to_a_missing_output(tmp: Path) -> object:
-    folder(tmp, "producer", config="steps: [first]\noutputs: {out: o.txt}\n", steps=WRITE_TWICE)
-    folder(tmp, "consumer", config="datasource: producer#ot\nsteps: [scale]\n")
-    return ExperimentGraph.from_yaml(tmp / "consumer")
+    return consumer_of(tmp, "producer#ot")
 
 
 @mistake(ConfigError, "exp/config.yaml", "outputs.summary", "written by no step")
@@ -803,3 +806,16 @@ def test_read_only_lock_is_a_message_not_a_traceback() -> None:
         assert "Traceback" not in said
         assert second.returncode == 0 or (
             "exp/.lock" in said and "make it writable (chmod u+w) or delete it" in said), said
+
+
+def test_numpy_scalars_fit_number_and_bool_annotations() -> None:
+    # The type check refuses mistakes, not numpy's scalars standing in for Python's.
+    numpy = pytest.importorskip("numpy")
+
+    @pipeline_step()
+    def typed(data, ctx, n: int = 1, x: float = 1.0, flag: bool = False):
+        return data
+
+    typed(n=numpy.int64(3), x=numpy.float32(0.5), flag=numpy.bool_(True))
+    with pytest.raises(TypeError, match="'n' is annotated int, got 2.5"):
+        typed(n=2.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
+import numbers
 import os
 import types
 import typing
@@ -21,11 +22,19 @@ def is_artifact(value: Any) -> bool:
     return getattr(type(value), "is_artifact", False) is True
 
 
+def _is_bool(value: object) -> bool:
+    # numpy.bool_ is no subclass of bool and registers no ABC; matched by name, not imported.
+    kind = type(value)
+    return isinstance(value, bool) or (kind.__module__ == "numpy" and kind.__name__ in (
+        "bool_", "bool"))
+
+
 _SCALARS: dict[type, Callable[[Any], bool]] = {
-    bool: lambda v: isinstance(v, bool),
-    # bool is an int to Python, but `factor: true` for an int is a mistake in a config.
-    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    bool: _is_bool,
+    # bool is an int to Python, but `factor: true` for an int is a mistake in a config. The
+    # numbers ABCs also admit numpy's scalars.
+    int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
     str: lambda v: isinstance(v, str),
     bytes: lambda v: isinstance(v, bytes),
     type(None): lambda v: v is None,
