@@ -197,3 +197,13 @@ class CorruptRecordError(CrystallizeError, ValueError):
 
 class StoreError(CrystallizeError, OSError):
     """The store cannot do what was asked (read-only, a folder that is a symbolic link...)."""
+
+
+class ClusterError(CrystallizeError, RuntimeError):
+    """A Dask cluster cannot serve the run: unreachable, not a scheduler, mismatched package
+    versions, no workers, or workers that cannot see the store. The message names the
+    scheduler and the fix; nothing has run."""
+
+
+class WorkerKilledError(CrystallizeError, RuntimeError):
+    """The worker process running a unit died every time it ran it: the unit kills it."""

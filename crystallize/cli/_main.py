@@ -29,6 +29,7 @@ from rich.text import Text
 from .._version import __version__
 from ..config import did_you_mean, display_path, experiment_configs, load_experiment, scaffold
 from ..errors import (
+    ClusterError,
     ConfigError,
     ExperimentFailedError,
     GraphError,
@@ -39,6 +40,7 @@ from ..errors import (
 from ..experiment import ExperimentGraph
 from ..model import BASELINE, MAX_REPLICATES, Event
 from ..render import hypothesis_lines, summary_table, summary_title
+from ..running import DaskExecutor, Executor
 from ..store import ExperimentStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -70,6 +72,8 @@ class RunProgress:
             console=console, auto_refresh=False,
         )
         self.totals: dict[str, int] = {}
+        #: per lost worker, the units it held ("experiment condition rep N"), re-run elsewhere
+        self.lost: dict[str, list[str]] = {}
         self.tasks: dict[str, TaskID] = {
             name: self.progress.add_task(name, total=None, note="[dim]waiting", start=False)
             for name in names
@@ -108,6 +112,10 @@ class RunProgress:
         elif event.kind == "finished":
             update(task, completed=self.totals.get(event.experiment, 0),
                    note=f"[green]done -> v{event.version} ({event.duration or 0:.1f}s)")
+        elif event.kind == "worker_lost":
+            self.lost.setdefault(event.worker or "?", []).append(
+                f"{event.experiment} {event.condition} rep {event.replicate}")
+            self.note(event.describe(), "yellow")
         elif event.kind == "failed":
             update(task, note="[red]failed")
             self.note(event.describe(), "red")
@@ -136,17 +144,36 @@ def _select_treatments(graph: ExperimentGraph, selected: Sequence[str]) -> None:
         exp.treatments = [t for t in exp.treatments if t.name in selected or t.name == BASELINE]
 
 
+def _executor(args: argparse.Namespace, out: Console) -> str | Executor | None:
+    """``--executor`` as given, or a Dask executor for ``--scheduler``/``--scheduler-file``."""
+    cluster = ("--scheduler" if args.scheduler is not None else
+               "--scheduler-file" if args.scheduler_file is not None else None)
+    if cluster is not None and args.executor not in (None, "dask"):
+        raise UsageError(
+            f"{cluster} runs units on a Dask cluster, --executor {args.executor} runs them on "
+            f"this machine: pass one of them (with {cluster}, --executor dask is implied)"
+        )
+    if cluster is None and args.executor != "dask":
+        return args.executor
+    return DaskExecutor(
+        address=args.scheduler, scheduler_file=args.scheduler_file, max_workers=args.workers,
+        wait_for_workers=args.wait_for_workers,
+        say=lambda message: out.print(Text(message, style="dim")),
+    )
+
+
 def cmd_run(args: argparse.Namespace, out: Console) -> int:
     if args.replicates is not None:
         MAX_REPLICATES.check(args.replicates, "--replicates")
     graph = _load(args.path)
     if args.treatment:
         _select_treatments(graph, args.treatment)
+    executor = _executor(args, out)
     failure: ExperimentFailedError | None = None
     with RunProgress(out, graph.topological_order()) as progress:
         try:
             results = graph.run(
-                strategy=args.strategy, replicates=args.replicates, executor=args.executor,
+                strategy=args.strategy, replicates=args.replicates, executor=executor,
                 max_workers=args.workers, on_event=progress.on_event,
             )
         except ExperimentFailedError as exc:
@@ -160,6 +187,9 @@ def cmd_run(args: argparse.Namespace, out: Console) -> int:
             out.print(Text(line))
         for key, error in list(result.errors.items())[:3]:
             out.print(Text(f"  {key}: {type(error).__name__}: {error}", style="red"))
+    for worker, units in progress.lost.items():
+        out.print(Text(f"worker {worker} was lost; re-ran elsewhere: {', '.join(units)}",
+                       style="yellow"))
     if failure is None:
         return EXIT_OK
     out.print(Text(f"{len(failure.failures)} experiment(s) failed:", style="bold red"))
@@ -297,6 +327,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``crystallize``."""
     parser = argparse.ArgumentParser(
@@ -322,6 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_positive, metavar="N",
                      help="worker processes/threads (default: all cores)")
     run.add_argument("--executor", choices=EXECUTORS, help="where units run (default: process)")
+    cluster = run.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="run units on the Dask cluster of this scheduler "
+                         "(tcp://HOST:PORT); implies --executor dask")
+    cluster.add_argument("--scheduler-file", metavar="FILE",
+                         help="run units on the Dask cluster whose scheduler wrote FILE "
+                         "(dask scheduler --scheduler-file); implies --executor dask")
+    run.add_argument("--wait-for-workers", type=_seconds, default=60.0, metavar="SECONDS",
+                     help="how long a Dask cluster without workers is waited for (default: 60)")
     run.add_argument("--treatment", action="append", metavar="NAME",
                      help="run only this treatment (repeatable; baseline always runs)")
 
@@ -380,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out, err = Console(), Console(stderr=True)
     try:
         return int(args.handler(args, out))
-    except (ConfigError, UsageError, ScaffoldError, LimitError) as exc:
+    except (ConfigError, UsageError, ScaffoldError, LimitError, ClusterError) as exc:
         _report(err, str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ EventKind = Literal[
     "failed",  # an experiment failed (``error``); its downstream is skipped
     "skipped",  # an experiment was not run because an upstream failed (``reason``)
     "waiting",  # another process is computing the experiment; ``reason`` says who
+    "worker_lost",  # a Dask worker was lost while it held a unit, re-run elsewhere (``worker``)
 ]
 
 
@@ -32,6 +33,7 @@ class Event:
     reason: str | None = None
     error: str | None = None
     steps: tuple[tuple[str, float], ...] = ()
+    worker: str | None = None
     time: float = field(default_factory=time.time)
 
     def describe(self) -> str:
@@ -49,6 +51,9 @@ class Event:
             return f"{name} [{self.condition} rep {self.replicate}] {status}"
         if self.kind == "finished":
             return f"{name}: finished in {self.duration:.2f}s -> v{self.version}"
+        if self.kind == "worker_lost":
+            return (f"{name} [{self.condition} rep {self.replicate}]: worker {self.worker} was "
+                    "lost while it held this unit; re-run elsewhere")
         if self.kind == "failed":
             return f"{name}: FAILED: {self.error}"
         if self.kind == "waiting":

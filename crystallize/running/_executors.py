@@ -26,13 +26,16 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 
+from ..errors import WorkerKilledError
 from ._unit import (
     UnitOutcome,
     UnitTask,
@@ -67,6 +70,12 @@ class UnitJob:
 
 
 async def wait_future(fut: Any) -> Any:
+    """The result of a ``concurrent.futures``-style future, awaited with :func:`wait_done`."""
+    await wait_done(fut)
+    return fut.result()
+
+
+async def wait_done(fut: Any) -> None:
     """Await a ``concurrent.futures``-style future without tying up a thread while it runs.
 
     The done-callback runs in whichever thread completes the future (a pool's manager thread, a
@@ -88,7 +97,6 @@ async def wait_future(fut: Any) -> Any:
     except BaseException:
         fut.cancel()
         raise
-    return fut.result()
 
 
 class Executor:
@@ -133,6 +141,11 @@ class Executor:
 
     async def __aexit__(self, *exc_info: object) -> None:
         return None
+
+    async def verify_store(self, roots: list[Path]) -> None:  # noqa: B027 - optional hook
+        """Make sure every worker sees the store roots ``roots`` before any unit runs (raise
+        if not). Called once per run, after entering. Does nothing unless overridden: the
+        in-machine executors share the client's filesystem."""
 
     def warm(self) -> None:  # noqa: B027 - optional hook, most executors need nothing
         """Get ready for units now: called once an experiment of the run will execute, just
@@ -351,9 +364,15 @@ class ProcessExecutor(Executor):
 class DaskExecutor(Executor):
     """Runs units on a ``dask.distributed`` cluster.
 
-    Pass an existing ``Client``, or a scheduler ``address``; with neither, a ``LocalCluster`` of
-    ``max_workers`` single-threaded worker processes is started for the run. The store must be
-    on a filesystem every worker can reach.
+    Pass an existing ``Client``, a scheduler ``address`` or a ``scheduler_file``; with none,
+    Dask's own configuration (``DASK_SCHEDULER_ADDRESS``, ``scheduler-address``) is honoured,
+    and without that a ``LocalCluster`` of ``max_workers`` single-threaded worker processes is
+    started for the run. A cluster with no workers is waited for up to ``wait_for_workers``
+    seconds (``say`` is told so).
+
+    Before any unit runs, every worker must prove it sees the store (workers joining later
+    too, before they get a unit); a worker lost mid-run has its units re-run elsewhere and
+    named in their outcomes; a unit that kills its worker each time it runs fails alone.
     """
 
     name = "dask"
@@ -361,53 +380,188 @@ class DaskExecutor(Executor):
 
     def __init__(
         self, client: Any | None = None, *, address: str | None = None,
-        max_workers: int | None = None, batching: bool = True,
+        scheduler_file: str | None = None, max_workers: int | None = None,
+        batching: bool = True, wait_for_workers: float = 60.0,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(max_workers, batching=batching)
-        self.client = client
+        if address is not None and scheduler_file is not None:
+            raise ValueError("DaskExecutor: pass address= or scheduler_file=, not both")
+        self.client: Any = client
         self.address = address
+        self.scheduler_file = scheduler_file
+        self.wait_for_workers = wait_for_workers
+        self.say = say or (lambda message: None)
         self._owned: list[Any] = []
+        self._target: Any = None
+        self._probe: Any = None
+        self._watch: Any = None
+        self._quarantine: anyio.Lock  # made per run, in __aenter__
 
     async def __aenter__(self) -> DaskExecutor:
         try:
             from distributed import Client, LocalCluster
+
+            from . import _dask as dc
         except ImportError as exc:
             raise ImportError(
                 "executor='dask' needs dask.distributed: pip install 'crystallize[dask]'"
             ) from exc
-        client: Any = self.client
-        if client is None:
-            def connect() -> Any:
-                if self.address is not None:
-                    return Client(self.address)
-                cluster = LocalCluster(
-                    n_workers=self.max_workers, threads_per_worker=1, processes=True,
-                    dashboard_address=None,
-                )
-                self._owned.append(cluster)
-                return Client(cluster)
+        self._watch = dc.ClusterWatch()
+        self._quarantine = anyio.Lock()
+        if self.client is None:
+            target = self._target = dc.resolve_target(self.address, self.scheduler_file)
+            if target is None:
+                def local() -> Any:
+                    cluster = LocalCluster(
+                        n_workers=self.max_workers, threads_per_worker=1, processes=True,
+                        dashboard_address=None,
+                    )
+                    self._owned.append(cluster)
+                    return Client(cluster, set_as_default=False)
 
-            client = await anyio.to_thread.run_sync(connect)
-            self.client = client
-            self._owned.insert(0, client)
-        workers = len(client.scheduler_info().get("workers", {}))
-        if workers:
-            self.max_workers = workers
+                self.client = await anyio.to_thread.run_sync(local)
+            else:
+                # A peer that accepts but never answers hangs Dask's handshake forever: give up
+                # on it, in a daemon thread that cannot keep the process from exiting.
+                waited = dc.HANDSHAKE_FACTOR * dc.connect_timeout()
+                connecting: cf.Future[Any] = cf.Future()
+                threading.Thread(target=_settle, args=(connecting, dc.connect, target),
+                                 name="crystallize-dask-connect", daemon=True).start()
+                with anyio.move_on_after(waited):
+                    self.client = await wait_future(connecting)
+                if self.client is None:
+                    raise dc.not_a_scheduler(target, waited)
+            self._owned.insert(0, self.client)
+        else:
+            self._target = dc.Target(str(self.client.scheduler.address), "the given Client")
+        try:
+            workers = await anyio.to_thread.run_sync(
+                dc.wait_for_workers, self.client, self._target, self.wait_for_workers, self.say)
+            self.client.subscribe_topic("all", self._watch.handle)
+        except BaseException:
+            await self._close()
+            raise
+        self.max_workers = workers
         return self
 
+    async def verify_store(self, roots: list[Path]) -> None:
+        from . import _dask as dc
+
+        probe = self._probe = dc.StoreProbe(roots)
+        await anyio.to_thread.run_sync(probe.write)
+        await anyio.to_thread.run_sync(probe.verify, self.client, self._target)
+
     async def __aexit__(self, *exc_info: object) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            await anyio.to_thread.run_sync(probe.remove)
+            await anyio.to_thread.run_sync(probe.unregister, self.client)
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic("all")
         owned, self._owned = self._owned, []
         for obj in owned:
             await anyio.to_thread.run_sync(obj.close)
         if owned:
             self.client = None
 
-    async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
+    async def _trip(self, jobs: list[UnitJob], lost: list[str]) -> list[UnitOutcome]:
+        """One task on the cluster for ``jobs``; ``lost``: workers lost on earlier tries."""
+        from distributed import KilledWorker
+
+        from . import _dask as dc
+
         first = jobs[0]
-        assert self.client is not None, "run_batch outside `async with DaskExecutor()`"
-        fut = self.client.submit(run_pickled_units, first.key, first.pickled(),
-                                 [j.task for j in jobs], pure=False)
-        return [unpack_outcome(p) for p in await wait_future(fut)]
+        check = self._probe.plugin_name if self._probe is not None else None
+        fut = self.client.submit(dc.run_units_on_worker, first.key, first.pickled(),
+                                 [j.task for j in jobs], check, pure=False)
+        try:
+            await wait_done(fut)
+            # Fetching the result is a trip to the worker that holds it, and it waits while
+            # Dask recomputes a result lost with its worker: not on the event loop.
+            worker, packed = await anyio.to_thread.run_sync(fut.result)
+        except KilledWorker as exc:
+            raise _Killed(exc, lost + self._watch.lost_during(fut.key)) from None
+        lost = lost + self._watch.lost_during(fut.key)
+        outcomes = [unpack_outcome(p) for p in packed]
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            outcome.lost_workers = lost
+            dc.check_outputs_visible(outcome, job.task, worker)
+        return outcomes
+
+    async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
+        return await self._run(jobs, [], 0)
+
+    async def _run(self, jobs: list[UnitJob], lost: list[str], tries: int,
+                   quarantined: bool = False) -> list[UnitOutcome]:
+        """Run ``jobs``, sorting out which of them kills its worker.
+
+        Dask fails every task that was on a worker each time it died (``KilledWorker``), also
+        those that merely waited there beside the unit that kills it. So a batch that failed
+        so splits into units that try again each on their own; a unit that failed so tries
+        once more in quarantine, where no other quarantined unit runs beside it: only a unit
+        that kills its worker fails there too.
+        """
+        try:
+            if not quarantined:
+                return await self._trip(jobs, lost)
+            async with self._quarantine:
+                return await self._trip(jobs, lost)
+        except _Killed as killed:
+            lost, tries = killed.lost, tries + killed.tries
+            if quarantined:
+                job = jobs[0]
+                return [UnitOutcome(job.task.condition, job.task.replicate, lost_workers=lost,
+                                    error=killed_worker_error(tries, killed))]
+        if len(jobs) == 1:
+            return await self._run(jobs, lost, tries, quarantined=True)
+        outcomes: list[UnitOutcome] = []
+
+        async def alone(job: UnitJob) -> None:
+            outcomes.extend(await self._run([job], lost, tries))
+
+        async with anyio.create_task_group() as tg:
+            for job in jobs:
+                tg.start_soon(alone, job)
+        order = {(j.task.condition, j.task.replicate): i for i, j in enumerate(jobs)}
+        return sorted(outcomes, key=lambda o: order[o.condition, o.replicate])
+
+
+class _Killed(Exception):
+    """A Dask task failed with ``KilledWorker``; carries the workers lost on the way."""
+
+    def __init__(self, error: Any, lost: list[str]) -> None:
+        super().__init__(str(error))
+        self.tries = int(error.allowed_failures) + 1
+        self.worker = str(error.last_worker.address)
+        self.lost = lost
+
+
+def _settle(future: cf.Future[Any], fn: Callable[..., Any], *args: Any) -> None:
+    """Run ``fn(*args)`` and put its result, or its exception, into ``future``."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = fn(*args)
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def killed_worker_error(tries: int, last: _Killed) -> WorkerKilledError:
+    """The error of a unit whose worker process died every time it ran."""
+    return WorkerKilledError(
+        f"this unit killed its worker: the worker process running it died all {tries} times "
+        f"it ran (Dask tries a task {last.tries} times, distributed.scheduler.allowed-failures "
+        "+ 1; crystallize then tries it that often again on its own), the last on "
+        f"{last.worker}. Something in it ends the process: os._exit, a crash in compiled "
+        "code, running out of memory (see the worker's log)"
+    )
 
 
 _BY_NAME: dict[str, type[Executor]] = {

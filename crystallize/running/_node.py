@@ -442,6 +442,9 @@ class ExperimentRun:
                 outcome = await receive.receive()
                 feed(1)
                 outcomes.setdefault(outcome.condition, {})[outcome.replicate] = outcome
+                for worker in outcome.lost_workers:
+                    inputs.emit(exp, Event("worker_lost", name, condition=outcome.condition,
+                                          replicate=outcome.replicate, worker=worker))
                 error = None
                 if outcome.error is not None:
                     error = f"{type(outcome.error).__name__}: {outcome.error}"

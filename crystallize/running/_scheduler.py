@@ -128,6 +128,11 @@ class Scheduler:
             book = self._books[root] = LeaseBook(root)
         return book
 
+    def _store_roots(self) -> list[Path]:
+        """Every store root this run reads or writes (the step cache lives inside them)."""
+        roots = {exp.store_plugin.root_dir.resolve() for exp in self.graph.experiments.values()}
+        return sorted(roots)
+
     def discard(self, paths: list[Path]) -> None:
         """Delete retired version directories in the background."""
         if paths and self._background is not None:
@@ -258,15 +263,18 @@ class Scheduler:
         try:
             # Nothing is edited mid-run, so each step function is fingerprinted once per run.
             with snapshot(), anyio.CancelScope() as self._scope:
-                async with self.executor, anyio.create_task_group() as background:
-                    self._background = background
-                    async with anyio.create_task_group() as dispatchers:
-                        for _ in range(max(1, self.executor.capacity + self.executor.lookahead)):
-                            dispatchers.start_soon(self._dispatcher)
-                        async with anyio.create_task_group() as nodes:
-                            for name in order:
-                                nodes.start_soon(self._node, name)
-                        dispatchers.cancel_scope.cancel()
+                async with self.executor:
+                    await self.executor.verify_store(self._store_roots())
+                    async with anyio.create_task_group() as background:
+                        self._background = background
+                        async with anyio.create_task_group() as dispatchers:
+                            executor = self.executor
+                            for _ in range(max(1, executor.capacity + executor.lookahead)):
+                                dispatchers.start_soon(self._dispatcher)
+                            async with anyio.create_task_group() as nodes:
+                                for name in order:
+                                    nodes.start_soon(self._node, name)
+                            dispatchers.cancel_scope.cancel()
         finally:
             for book in self._books.values():
                 book.close()

@@ -68,6 +68,8 @@ class UnitOutcome:
     cpu: float = 0.0
     wall: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: workers lost while they held this unit, which then ran elsewhere (Dask)
+    lost_workers: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
