@@ -124,8 +124,8 @@ async def test_run_screen_runs_prerequisites_first_and_toggles_caching(root: Pat
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_run_screen(pilot, app, "consumer")
         assert [r[:2] for r in rows(screen)] == [
-            ["🔒", "producer"], ["", "  └ Produce_SummaryStep"],
-            ["🔒", "consumer"], ["", "  └ Inspect_SummaryStep"],
+            ["🔒", "producer"], ["", "  └ produce_summary"],
+            ["🔒", "consumer"], ["", "  └ inspect_summary"],
         ]
         assert [r[3] for r in rows(screen)][::2] == ["never run", "never run"]
 

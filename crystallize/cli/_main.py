@@ -9,7 +9,11 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import shutil
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -39,9 +43,18 @@ from ..errors import (
 )
 from ..experiment import ExperimentGraph
 from ..model import BASELINE, MAX_REPLICATES, Event
-from ..render import hypothesis_lines, summary_table, summary_title
-from ..running import DaskExecutor, Executor
-from ..store import ExperimentStore
+from ..render import (
+    REPORT_FORMATS,
+    TB_MODES,
+    ReportError,
+    failure_lines,
+    hypothesis_lines,
+    summary_table,
+    summary_title,
+    write_report,
+)
+from ..running import DaskExecutor, Executor, treatment_labels, upstream_refs
+from ..store import CACHE_DIR, ExperimentStore, StoredRun, metric_rows, stored_runs
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXECUTORS = ("process", "thread", "inline", "dask")
@@ -106,6 +119,8 @@ class RunProgress:
             self.progress.advance(task)
             if event.error:
                 self.note(event.describe(), "red")
+            elif event.attempts > 1:
+                self.note(event.describe(), "yellow")
         elif event.kind == "resumed":
             self.progress.start_task(task)
             update(task, total=1, completed=1, note=f"[green]cached, resumed v{event.version}")
@@ -162,10 +177,25 @@ def _executor(args: argparse.Namespace, out: Console) -> str | Executor | None:
     )
 
 
+def _check_names(graph: ExperimentGraph, names: Sequence[str], option: str) -> None:
+    known = list(graph.experiments)
+    for name in names:
+        if name not in graph.experiments:
+            raise UsageError(
+                f"{option}{name}: no experiment of that name (experiments: "
+                f"{', '.join(known)}){did_you_mean(name, known)}"
+            )
+
+
 def cmd_run(args: argparse.Namespace, out: Console) -> int:
     if args.replicates is not None:
         MAX_REPLICATES.check(args.replicates, "--replicates")
     graph = _load(args.path)
+    _check_names(graph, args.names, "")
+    _check_names(graph, args.force or [], "--force ")
+    if args.names:
+        graph = graph.select(args.names)
+        _check_names(graph, args.force or [], "--force ")  # forcing needs it in the run
     if args.treatment:
         _select_treatments(graph, args.treatment)
     executor = _executor(args, out)
@@ -174,7 +204,8 @@ def cmd_run(args: argparse.Namespace, out: Console) -> int:
         try:
             results = graph.run(
                 strategy=args.strategy, replicates=args.replicates, executor=executor,
-                max_workers=args.workers, on_event=progress.on_event,
+                max_workers=args.workers, on_event=progress.on_event, force=args.force or (),
+                fail_fast=args.fail_fast,
             )
         except ExperimentFailedError as exc:
             failure, results = exc, exc.results
@@ -185,17 +216,72 @@ def cmd_run(args: argparse.Namespace, out: Console) -> int:
         out.print(summary_table(result))
         for line in hypothesis_lines(result):
             out.print(Text(line))
-        for key, error in list(result.errors.items())[:3]:
-            out.print(Text(f"  {key}: {type(error).__name__}: {error}", style="red"))
     for worker, units in progress.lost.items():
         out.print(Text(f"worker {worker} was lost; re-ran elsewhere: {', '.join(units)}",
                        style="yellow"))
+    failed_units = failure_lines(results, args.tb)
+    if failed_units:
+        out.print(Text("failed units:", style="bold red"))
+        for line in failed_units:
+            out.print(Text(line, style="red"), soft_wrap=True)
     if failure is None:
         return EXIT_OK
     out.print(Text(f"{len(failure.failures)} experiment(s) failed:", style="bold red"))
     for name, cause in failure.failures.items():
         out.print(Text(f"  {name}: {cause}", style="red"))
     return EXIT_FAILED
+
+
+# -- metrics, report --------------------------------------------------------------------------
+def _stored_runs(graph: ExperimentGraph) -> dict[str, list[StoredRun]]:
+    return stored_runs({name: graph.experiments[name].store_plugin.root_dir.resolve()
+                        for name in graph.topological_order()})
+
+
+def cmd_metrics(args: argparse.Namespace, out: Console) -> int:
+    rows = metric_rows(_stored_runs(_load(args.path)))
+    if args.format == "json":
+        sys.stdout.write(json.dumps([
+            {"experiment": r.experiment, "condition": r.condition, "metric": r.metric,
+             "versions": {f"v{n}": {"n": len(m.values), "mean": m.mean, "sd": m.sd,
+                                    "values": m.values} for n, m in r.versions.items()}}
+            for r in rows
+        ], indent=2) + "\n")
+        return EXIT_OK
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["experiment", "condition", "metric", "version", "n", "mean", "sd"])
+        for r in rows:
+            for n, m in r.versions.items():
+                writer.writerow([r.experiment, r.condition, r.metric, f"v{n}", len(m.values),
+                                 "" if m.mean is None else repr(m.mean),
+                                 "" if m.sd is None else repr(m.sd)])
+        return EXIT_OK
+    if not rows:
+        out.print("no stored metrics yet: run the experiments first (crystallize run PATH)")
+        return EXIT_OK
+    for name in dict.fromkeys(r.experiment for r in rows):
+        mine = [r for r in rows if r.experiment == name]
+        versions = sorted({n for r in mine for n in r.versions})
+        table = Table("condition", "metric", *[f"v{n}" for n in versions],
+                      title=name, title_justify="left", title_style="bold")
+        for r in mine:
+            table.add_row(r.condition, r.metric, *[
+                r.versions[n].describe() if n in r.versions else "" for n in versions])
+        out.print(table)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace, out: Console) -> int:
+    graph = _load(args.path)
+    try:
+        data = write_report(_stored_runs(graph), Path(args.output))
+    except ReportError as exc:
+        raise UsageError(f"-o {args.output}: {exc}") from None
+    units = sum(len(r.units()) for r in data.timeline)
+    out.print(f"wrote {args.output}: {units} unit(s) of the last run, metrics of "
+              f"{len(data.newest)} experiment(s)")
+    return EXIT_OK
 
 
 # -- status, graph, list ----------------------------------------------------------------------
@@ -238,23 +324,29 @@ def cmd_graph(args: argparse.Namespace, out: Console) -> int:
 
 def cmd_list(args: argparse.Namespace, out: Console) -> int:
     table = Table("experiment", "folder", "replicates", "treatments", "reads from")
+    # Long cells wrap (and break inside long words) instead of being cut off with "…".
+    for column in table.columns[1:]:
+        column.overflow = "fold"
+    table.columns[0].no_wrap = True
     broken = 0
     for config in experiment_configs(Path(args.root)):
         folder = str(display_path(config.parent))
         try:
-            exp = load_experiment(config)
-        except ConfigError as exc:
+            graph = ExperimentGraph.from_yaml(config)
+        except ValueError as exc:  # a ConfigError, or a graph that cannot be built
             broken += 1
             table.add_row(Text(config.parent.name, style="red"), folder, "", "",
                           Text(f"error: {exc}", style="red"))
             continue
-        upstreams = sorted({f"{a.producer}#{a.name}" for a in exp.consumed_artifacts()})
+        # The folder's experiment; the rest of the graph is what it reads from.
+        name = graph.topological_order()[-1]
+        exp = graph.experiments[name]
+        upstreams = upstream_refs(graph, name)
         # 📈 marks graph experiments (they consume other experiments' outputs), as in the UI.
-        name = f"📈 {exp.name}" if upstreams else str(exp.name)
-        table.add_row(
-            name, folder, str(exp.replicates),
-            ", ".join(t.name for t in exp.treatments) or "-", ", ".join(upstreams) or "-",
-        )
+        shown = f"📈 {name}" if upstreams else name
+        table.add_row(shown, folder, str(exp.replicates),
+                      ", ".join(treatment_labels(graph, name)) or "-",
+                      ", ".join(upstreams) or "-")
     out.print(table)
     return EXIT_USAGE if broken else EXIT_OK
 
@@ -290,6 +382,8 @@ def cmd_ui(args: argparse.Namespace, out: Console) -> int:
 
 # -- clean ------------------------------------------------------------------------------------
 def cmd_clean(args: argparse.Namespace, out: Console) -> int:
+    if args.cache:
+        return _clean_cache(_load(args.path), out)
     graph = _load(args.path)
     roots = sorted({str(e.store_plugin.root_dir.resolve()) for e in graph.experiments.values()})
     out.print(f"store: {', '.join(roots)}")
@@ -313,6 +407,26 @@ def cmd_clean(args: argparse.Namespace, out: Console) -> int:
     out.print(table)
     for note in skipped:
         out.print(Text(note, style="yellow"))
+    return EXIT_OK
+
+
+def _clean_cache(graph: ExperimentGraph, out: Console) -> int:
+    roots = sorted({e.store_plugin.root_dir.resolve() for e in graph.experiments.values()})
+    for root in roots:
+        cache = root / CACHE_DIR
+        if cache.is_symlink():  # never delete through a link (its target is not ours)
+            out.print(Text(f"skipped {display_path(cache)}: a symbolic link", style="yellow"))
+            continue
+        if not cache.is_dir():
+            out.print(f"no step cache in {display_path(root)}")
+            continue
+        entries = sum(1 for p in cache.rglob("*") if p.is_file() and p.suffix == ".pkl")
+        # Renamed first, so a run starting meanwhile makes a fresh cache instead of reading
+        # one that is half deleted.
+        doomed = cache.with_name(f"{CACHE_DIR}.deleting-{uuid.uuid4().hex[:8]}")
+        cache.rename(doomed)
+        shutil.rmtree(doomed)
+        out.print(f"removed the step cache {display_path(cache)} ({entries} entries)")
     return EXIT_OK
 
 
@@ -355,6 +469,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", cmd_run, "run experiments, prerequisites first, with progress bars")
     run.add_argument("path", metavar="PATH")
+    run.add_argument("names", metavar="NAME", nargs="*",
+                     help="run only these experiments of PATH (and their prerequisites)")
+    run.add_argument("--force", action="append", metavar="NAME",
+                     help="rerun this experiment and everything downstream of it, whatever "
+                     "their strategy (repeatable)")
+    run.add_argument("--fail-fast", action="store_true",
+                     help="stop the whole run at the first failed unit (default: every branch "
+                     "that can still run does)")
+    run.add_argument("--tb", choices=TB_MODES,
+                     help="worker tracebacks of failed units: long (all), short (none), no "
+                     "(not even the message); default: the first in full")
     run.add_argument("--strategy", choices=("rerun", "resume"),
                      help="override every experiment's strategy")
     run.add_argument("--replicates", type=_positive, metavar="N",
@@ -383,7 +508,20 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("-o", "--output", metavar="FILE",
                        help="file to write (format from its suffix: svg, png, pdf, dot...); "
                        "without it the DOT source is printed")
-    graph.add_argument("--format", default="svg", help="format when FILE has no suffix")
+    graph.add_argument("--format", help="format when FILE has no suffix (default: svg)")
+
+    metrics = command("metrics", cmd_metrics,
+                      "each experiment's metrics per condition across its stored versions")
+    metrics.add_argument("path", metavar="PATH")
+    metrics.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                         help="table (default), or csv/json on stdout for export")
+
+    report = command("report", cmd_report,
+                     "draw the last run: units per worker over time, each metric per treatment")
+    report.add_argument("path", metavar="PATH")
+    report.add_argument("-o", "--output", metavar="FILE", default="report.html",
+                        help=f"file to write; its suffix picks the format "
+                        f"({', '.join(REPORT_FORMATS)}; default: report.html)")
 
     listing = command("list", cmd_list, "list the experiments in a folder of experiments")
     listing.add_argument("root", metavar="ROOT", nargs="?", default=".")
@@ -410,7 +548,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="complete versions to keep per experiment (default: 1)")
     how_many.add_argument("--all", action="store_true",
                           help="delete every stored version of the experiments")
+    how_many.add_argument("--cache", action="store_true",
+                          help="empty the step cache (cacheable=True steps) instead; stored "
+                          "versions are left alone")
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def _report(console: Console, message: str) -> None:
@@ -420,7 +568,11 @@ def _report(console: Console, message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``crystallize`` command line; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # argparse would print the top-level usage; the subcommand's says what it accepts.
+        subcommand = _subparsers(parser).get(args.command, parser)
+        subcommand.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
             parser.print_help()  # no terminal to draw the UI in

@@ -124,7 +124,7 @@ class Builder:
             "treatments": self.treatments(steps), "replicates": self.replicates(),
             "hypotheses": self.hypotheses(), "plugins": self.plugins(),
             "strategy": self.strategy(), "initial_ctx": self.initial_ctx(),
-            "description": self.description(),
+            "description": self.description(), "retries": self.retries(),
             "timeout": self.seconds(config.data.get("timeout"), "timeout"),
         }
         try:
@@ -156,6 +156,15 @@ class Builder:
                 key, f"timeout must be a number of seconds > 0, got {value!r}",
                 f"Fix: {key.rsplit('.', 1)[-1]}: 600",
             ) from None
+
+    def retries(self) -> int:
+        value = self.config.data.get("retries", 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.config.error(
+                "retries", f"retries must be a whole number >= 0, got {value!r} "
+                f"({type(value).__name__})", "Fix: retries: 2 (a failed unit runs twice more)",
+            )
+        return value
 
     def strategy(self) -> str:
         value = self.config.data.get("strategy", "rerun")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ from ..store import path_name_problem
 CONFIG_FILE = "config.yaml"
 PACKAGE = "crystallize_user"
 TOP_LEVEL_KEYS = (
-    "name", "description", "replicates", "strategy", "datasource", "steps", "treatments",
-    "outputs", "hypotheses", "initial_ctx", "plugins", "timeout",
+    "name", "description", "replicates", "retries", "strategy", "datasource", "steps",
+    "treatments", "outputs", "hypotheses", "initial_ctx", "plugins", "timeout",
 )
 # libyaml's parser is about ten times faster than the pure-Python one, where it is installed.
 _YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -278,6 +279,25 @@ def sibling_names(root: Path) -> list[str]:
     return sorted(names)
 
 
+def _path_suggestion(path: Path) -> str:
+    """``; did you mean 'examples/dag'?`` for a mistyped part of ``path``, if one is close."""
+    parts = path.parts
+    for depth in range(len(parts)):
+        parent = Path(*parts[:depth]) if depth else Path(".")
+        if (parent / parts[depth]).exists():
+            continue
+        try:
+            names = [p.name for p in parent.iterdir() if not p.name.startswith(".")]
+        except OSError:
+            return ""
+        close = difflib.get_close_matches(parts[depth], names, n=1, cutoff=0.6)
+        if not close:
+            return ""
+        fixed = Path(*parts[:depth], close[0], *parts[depth + 1:])
+        return f"; did you mean {fixed.as_posix()!r}?"
+    return ""
+
+
 def experiment_configs(path: Path) -> list[Path]:
     """The ``config.yaml`` files ``path`` designates.
 
@@ -289,7 +309,7 @@ def experiment_configs(path: Path) -> list[Path]:
     if not path.exists():
         raise ConfigError(
             "this path does not exist. Pass a config.yaml, an experiment folder or a folder of "
-            "experiments",
+            f"experiments{_path_suggestion(path)}",
             file=display_path(path),
         )
     if path.is_file():

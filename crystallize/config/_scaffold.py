@@ -14,6 +14,7 @@ _CONFIG_TEMPLATE = """\
 # {name}: a crystallize folder experiment. Run it with: crystallize run {folder}
 name: {name}
 replicates: 3
+strategy: resume            # reuse the stored run while nothing it depends on changed
 {datasource}steps:
   - example_step            # a @pipeline_step factory in steps.py
 treatments:

@@ -31,6 +31,7 @@ from ..model import (
     Treatment,
     as_datasource,
     check_replicates,
+    check_retries,
     check_strategy,
     check_timeout,
     reserved_key_message,
@@ -71,7 +72,8 @@ class Experiment:
     ``treatments`` are named variations (the ``baseline`` condition always runs); each of the
     ``replicates`` repetitions gets its own deterministic seed. ``outputs`` are the artifacts it
     publishes (a list, or ``{alias: Artifact}``). ``strategy="resume"`` reloads a stored run when
-    nothing it depends on has changed.
+    nothing it depends on has changed. A unit that fails is run again up to ``retries`` times
+    (for flaky work); its outcome says how many attempts it took.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class Experiment:
         initial_ctx: Mapping[str, Any] | None = None,
         description: str | None = None,
         timeout: float | None = None,
+        retries: int = 0,
     ) -> None:
         where = f"experiment {name!r}" if name else "experiment"
         self.datasource = as_datasource(datasource, what=f"{where}: datasource")
@@ -106,6 +109,7 @@ class Experiment:
         self.hypotheses = list(hypotheses or [])
         self.plugins = list(plugins or [])
         self.strategy = check_strategy(strategy, where)
+        self.retries = check_retries(retries, where)
         self.initial_ctx = dict(initial_ctx or {})
         for key in self.initial_ctx:
             if key in RESERVED_KEYS:
@@ -457,6 +461,40 @@ class ExperimentGraph:
     def downstream(self, name: str) -> list[str]:
         return list(self._children[name])
 
+    def with_upstream(self, names: Iterable[str]) -> set[str]:
+        """``names`` and every experiment they depend on, directly or not."""
+        return self._closure(names, self._parents)
+
+    def with_downstream(self, names: Iterable[str]) -> set[str]:
+        """``names`` and every experiment that depends on them, directly or not."""
+        return self._closure(names, self._children)
+
+    def _closure(self, names: Iterable[str], links: dict[str, list[str]]) -> set[str]:
+        todo = list(names)
+        unknown = [n for n in todo if n not in self._experiments]
+        if unknown:
+            raise GraphError(
+                f"no experiment named {unknown[0]!r} in the graph; its experiments: "
+                f"{', '.join(self._experiments)}"
+            )
+        seen: set[str] = set()
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo += links[name]
+        return seen
+
+    def select(self, names: Iterable[str]) -> ExperimentGraph:
+        """The part of the graph that running ``names`` needs: them and their prerequisites."""
+        keep = self.with_upstream(names)
+        part = ExperimentGraph(*(e for n, e in self._experiments.items() if n in keep),
+                               _standalone=self._standalone)
+        for up, down in sorted(self._manual):
+            if down in keep:
+                part.add_dependency(down, up)
+        return part
+
     def topological_order(self) -> list[str]:
         """Every experiment after all of its upstreams."""
         return list(self._order or [])
@@ -475,17 +513,22 @@ class ExperimentGraph:
         self, *, treatments: Iterable[Treatment] | None = None, replicates: int | None = None,
         strategy: str | None = None, executor: str | Executor | None = None,
         max_workers: int | None = None, on_event: Callable[[Event], Any] | None = None,
+        force: Iterable[str] = (), fail_fast: bool = False,
     ) -> dict[str, Result]:
         """Run every experiment (upstreams first, independent ones concurrently).
 
         Returns ``{experiment_name: Result}``. Graph-level ``treatments``, ``replicates`` and
-        ``strategy`` override the experiments' own. If any experiment fails, raises
-        :class:`~crystallize.ExperimentFailedError` listing them, with all results attached.
+        ``strategy`` override the experiments' own. The experiments named in ``force``, and
+        everything downstream of them, rerun whatever their strategy. If any experiment fails,
+        raises :class:`~crystallize.ExperimentFailedError` listing them, with all results
+        attached; by default every branch that can still run does, while ``fail_fast=True``
+        stops the run at the first failed unit.
         """
         _refuse_inside_event_loop()
         call = functools.partial(
             self.arun, treatments=treatments, replicates=replicates, strategy=strategy,
-            executor=executor, max_workers=max_workers, on_event=on_event,
+            executor=executor, max_workers=max_workers, on_event=on_event, force=force,
+            fail_fast=fail_fast,
         )
         try:
             return anyio.run(call)
@@ -499,11 +542,13 @@ class ExperimentGraph:
         self, *, treatments: Iterable[Treatment] | None = None, replicates: int | None = None,
         strategy: str | None = None, executor: str | Executor | None = None,
         max_workers: int | None = None, on_event: Callable[[Event], Any] | None = None,
+        force: Iterable[str] = (), fail_fast: bool = False,
     ) -> dict[str, Result]:
         """:meth:`run` for async code: works in any running asyncio or trio event loop."""
         options = RunOptions.build(
             treatments=treatments, replicates=replicates, strategy=strategy,
-            executor=executor, max_workers=max_workers, on_event=on_event,
+            executor=executor, max_workers=max_workers, on_event=on_event, force=force,
+            fail_fast=fail_fast,
         )
         return await Scheduler(self, options).run()
 

@@ -19,6 +19,7 @@ from ._settings import (
     STRATEGIES,
     Limit,
     check_replicates,
+    check_retries,
     check_strategy,
 )
 from ._steps import Pipeline, PipelineStep, check_timeout, pipeline_step
@@ -53,6 +54,7 @@ __all__ = [
     "analyse_signature",
     "as_datasource",
     "check_replicates",
+    "check_retries",
     "check_strategy",
     "check_timeout",
     "data_source",

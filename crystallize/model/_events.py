@@ -34,6 +34,8 @@ class Event:
     error: str | None = None
     steps: tuple[tuple[str, float], ...] = ()
     worker: str | None = None
+    #: for ``unit_finished``: how many times the unit ran (more than 1: it was retried)
+    attempts: int = 1
     time: float = field(default_factory=time.time)
 
     def describe(self) -> str:
@@ -48,6 +50,8 @@ class Event:
             return f"{name}: resumed from v{self.version}"
         if self.kind == "unit_finished":
             status = f"failed: {self.error}" if self.error else "done"
+            if self.attempts > 1:
+                status += f" after {self.attempts} attempts"
             return f"{name} [{self.condition} rep {self.replicate}] {status}"
         if self.kind == "finished":
             return f"{name}: finished in {self.duration:.2f}s -> v{self.version}"

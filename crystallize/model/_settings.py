@@ -22,6 +22,12 @@ def check_strategy(strategy: str, where: str) -> str:
     return strategy
 
 
+def check_retries(retries: Any, where: str) -> int:
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"{where}: retries must be a whole number >= 0, got {retries!r}")
+    return retries
+
+
 def check_replicates(replicates: Any, where: str) -> int:
     if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
         raise ValueError(f"{where}: replicates must be a whole number >= 1, got {replicates!r}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
 from statistics import fmean, stdev
 from typing import Any
 
@@ -11,6 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ..model import Result
+
+#: ``--tb`` modes: ``None`` shows the first failed unit's traceback in full, the rest short.
+TB_MODES = ("short", "long", "no")
 
 
 def _numeric(values: Sequence[Any]) -> list[float] | None:
@@ -75,4 +80,35 @@ def hypothesis_lines(result: Result) -> list[str]:
         ranking = ", ".join(hyp.ranking) or "-"
         lines.append(f"hypothesis {hyp.name}: {'; '.join(parts) or 'no treatments'} "
                      f"(ranking: {ranking})")
+    return lines
+
+
+def worker_traceback(error: BaseException) -> str:
+    """The traceback a unit's error carries from the worker that raised it, in full."""
+    text = getattr(error, "traceback_text", "") or "".join(traceback.format_exception(error))
+    if sys.version_info < (3, 11):  # format_exception shows exception notes from 3.11 on
+        notes = [n for n in getattr(error, "__notes__", ()) if n not in text]
+        text += "".join(f"{n}\n" for n in notes)
+    return text.rstrip("\n")
+
+
+def failure_lines(results: Mapping[str, Result], tb: str | None = None) -> list[str]:
+    """The failed units of ``results``, one line each, with worker tracebacks as ``tb`` asks.
+
+    ``long``: every traceback in full; ``short``: none; ``no``: not even the error message;
+    ``None``: the first in full and the rest short, as most failures share one cause.
+    """
+    lines: list[str] = []
+    first = True
+    for name, result in results.items():
+        for key, error in result.errors.items():
+            condition, _, replicate = key.rpartition("_rep_")
+            where = f"{name} [{condition} rep {replicate}]"
+            if tb == "no":
+                lines.append(f"{where} failed")
+                continue
+            lines.append(f"{where}: {type(error).__name__}: {error}")
+            if tb == "long" or (tb is None and first):
+                lines += [f"    {line}" for line in worker_traceback(error).splitlines()]
+            first = False
     return lines

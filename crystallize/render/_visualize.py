@@ -77,20 +77,33 @@ def build_digraph(
     return digraph
 
 
-def write_diagram(digraph: graphviz.Digraph, path: Path, format: str = "svg") -> tuple[Path, bool]:
+#: The formats named in messages (Graphviz knows many more).
+COMMON_FORMATS = ("svg", "png", "pdf", "jpg", "gif", "webp", "eps", "json", "dot")
+
+
+def write_diagram(
+    digraph: graphviz.Digraph, path: Path, format: str | None = None
+) -> tuple[Path, bool]:
     """Render ``digraph`` to ``path``; returns the path written and whether it has the format
     asked for.
 
     The format is ``path``'s suffix when it is a Graphviz format, else ``format`` (which is then
-    appended to a suffix-less path). ``.dot``/``.gv`` paths get the DOT source. Without the
-    ``dot`` binary the DOT source is written next to ``path`` (suffix ``.dot``) instead, and the
-    second value is False.
+    appended to a suffix-less path; default svg). A suffix Graphviz does not know is an error
+    unless ``format`` is given. ``.dot``/``.gv`` paths get the DOT source. Without the ``dot``
+    binary the DOT source is written next to ``path`` (suffix ``.dot``) instead, and the second
+    value is False.
 
     :raises ValueError: if the format is not one Graphviz knows
     :raises graphviz.CalledProcessError: if ``dot`` fails
     """
     suffix = path.suffix.lstrip(".").lower()
-    fmt = suffix if suffix in graphviz.FORMATS else format
+    if suffix and suffix not in graphviz.FORMATS and format is None:
+        raise ValueError(
+            f"unknown diagram format {path.suffix!r}; name the file with a format Graphviz "
+            f"writes: {', '.join('.' + f for f in COMMON_FORMATS)} (or any of `dot -T?`), or "
+            "pass the format explicitly"
+        )
+    fmt = suffix if suffix in graphviz.FORMATS else (format or "svg")
     if fmt not in graphviz.FORMATS:
         raise ValueError(
             f"unknown diagram format {fmt!r}; use one of svg, png, pdf, dot "

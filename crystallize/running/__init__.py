@@ -9,7 +9,7 @@ Works on the model (:mod:`crystallize.model`), persists through the store
 from ._configure import configure
 from ._executors import DaskExecutor, Executor, InlineExecutor, ProcessExecutor, ThreadExecutor
 from ._scheduler import RunOptions, Scheduler
-from ._status import Status, experiment_status
+from ._status import Status, experiment_status, treatment_labels, upstream_refs
 from ._unit import UnitRun, run_unit
 
 __all__ = [
@@ -25,4 +25,6 @@ __all__ = [
     "configure",
     "experiment_status",
     "run_unit",
+    "treatment_labels",
+    "upstream_refs",
 ]

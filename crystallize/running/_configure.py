@@ -13,16 +13,18 @@ if TYPE_CHECKING:
 
 def configure(
     graph: ExperimentGraph, *, treatments: Iterable[Treatment] | None = None,
-    replicates: int | None = None, strategy: str | None = None,
+    replicates: int | None = None, strategy: str | None = None, force: Iterable[str] = (),
 ) -> dict[str, Experiment]:
     """Every experiment of ``graph`` as a run configures it, in topological order.
 
     Graph-level ``treatments``, ``replicates`` and ``strategy`` override each experiment's own;
     without graph-level treatments an experiment also runs those of its upstreams (its own win
-    on a name clash), so a treatment applied to a producer reaches its consumers. The graph's
-    experiments are left untouched: each result is a copy.
+    on a name clash), so a treatment applied to a producer reaches its consumers. The
+    experiments in ``force``, and everything downstream of them, rerun whatever their strategy.
+    The graph's experiments are left untouched: each result is a copy.
     """
     chosen = None if treatments is None else list(treatments)
+    forced = graph.with_downstream(force)
     configured: dict[str, Experiment] = {}
     for name in graph.topological_order():
         exp = graph.experiments[name]
@@ -36,6 +38,7 @@ def configure(
             merged.update({t.name: t for t in exp.treatments})
             run_treatments = list(merged.values())
         configured[name] = exp.with_overrides(
-            treatments=run_treatments, replicates=replicates, strategy=strategy
+            treatments=run_treatments, replicates=replicates,
+            strategy="rerun" if name in forced else strategy,
         )
     return configured

@@ -20,6 +20,7 @@ from filelock import FileLock, Timeout
 from ..errors import CorruptRecordError, PicklingError, UnitError
 from ..model import BASELINE, ConditionMetrics, Event, ExperimentMetrics, Result
 from ..store import (
+    CACHE_DIR,
     ConditionMeta,
     ConditionRecord,
     ExperimentStore,
@@ -30,6 +31,7 @@ from ..store import (
     StoredVersion,
     StoreWarning,
     UnitRecord,
+    UnitTiming,
     VersionMetadata,
     VersionStatus,
     unusable_lock,
@@ -101,8 +103,10 @@ def _find_unpicklable(exp: Experiment) -> str:
 def unit_record(outcome: UnitOutcome, seed: int) -> UnitRecord:
     """How the store keeps a unit's outcome."""
     error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
+    timing = UnitTiming(outcome.worker, outcome.started, outcome.finished, outcome.attempts,
+                        tuple(outcome.retried))
     return UnitRecord(outcome.replicate, "failed" if error else "complete", seed,
-                      outcome.metrics, outcome.artifacts, error)
+                      outcome.metrics, outcome.artifacts, error, timing)
 
 
 def condition_record(
@@ -185,6 +189,10 @@ class NodeInputs:
     submit: Callable[[str, UnitJob, MemoryObjectSendStream[UnitOutcome]], None]
     #: delete retired version directories in the background
     discard: Callable[[list[Path]], None]
+    #: the graph run's id, stored with every version it writes (a report finds them by it)
+    run_id: str = ""
+    #: with ``fail_fast``, ends the whole run when a unit fails: (experiment, unit, error)
+    stop: Callable[[Experiment, str, str], None] | None = None
 
 
 class ExperimentRun:
@@ -330,7 +338,7 @@ class ExperimentRun:
             await anyio.to_thread.run_sync(bring_over)
         inputs.emit(exp, Event("started", name, units=plan.units, version=writer.number,
                               reason=plan.reason))
-        cache_dir = str(self.store.root / ".crystallize_cache") if any(
+        cache_dir = str(self.store.root / CACHE_DIR) if any(
             s.cacheable for s in exp.pipeline.steps) else None
         key = uuid.uuid4().hex
         outcomes = await self._dispatch(plan, seeds, views, writer.path, cache_dir, key, blob)
@@ -382,7 +390,7 @@ class ExperimentRun:
                     "unit_cpu": sum(o.cpu for o in executed_units),
                     "unit_wall": sum(o.wall for o in executed_units),
                 },
-                host=socket.gethostname(), pid=os.getpid(),
+                host=socket.gethostname(), pid=os.getpid(), run=inputs.run_id,
             )
             stored = writer.publish(metadata)  # last: only now is the version visible
             if failed:
@@ -453,8 +461,10 @@ class ExperimentRun:
                 inputs.emit(exp, Event(
                     "unit_finished", name, condition=outcome.condition,
                     replicate=outcome.replicate, duration=outcome.wall, error=error,
-                    steps=tuple(outcome.steps),
+                    steps=tuple(outcome.steps), attempts=outcome.attempts,
                 ))
+                if error is not None and inputs.stop is not None:
+                    inputs.stop(exp, f"{outcome.condition} rep {outcome.replicate}", error)
         return outcomes
 
 

@@ -20,6 +20,7 @@ import functools
 import heapq
 import itertools
 import shutil
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,12 +58,17 @@ class RunOptions:
     strategy: str | None
     executor: Executor
     on_event: Callable[[Event], Any] | None
+    #: experiments rerun whatever their strategy, with everything downstream of them
+    force: frozenset[str] = frozenset()
+    #: stop the whole run at the first failed unit
+    fail_fast: bool = False
 
     @classmethod
     def build(
         cls, *, treatments: Iterable[Treatment] | None, replicates: int | None,
         strategy: str | None, executor: str | Executor | None, max_workers: int | None,
-        on_event: Callable[[Event], Any] | None,
+        on_event: Callable[[Event], Any] | None, force: Iterable[str] = (),
+        fail_fast: bool = False,
     ) -> RunOptions:
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
             raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
@@ -71,7 +77,7 @@ class RunOptions:
             replicates=None if replicates is None else check_replicates(replicates, "run()"),
             strategy=None if strategy is None else check_strategy(strategy, "run()"),
             executor=resolve_executor(executor, max_workers),
-            on_event=on_event,
+            on_event=on_event, force=frozenset(force), fail_fast=bool(fail_fast),
         )
 
 
@@ -91,12 +97,14 @@ class Scheduler:
         self.graph = graph
         self.options = options
         self.executor = options.executor
+        #: stored with every version this run writes, so a report can find the run's versions
+        self.run_id = uuid.uuid4().hex
         self.results: dict[str, Result] = {}
         self.failures: dict[str, str] = {}
         self._done = {name: anyio.Event() for name in graph.experiments}
         self._configured = configure(
             graph, treatments=options.treatments, replicates=options.replicates,
-            strategy=options.strategy,
+            strategy=options.strategy, force=options.force,
         )
         self._heap: list[tuple[float, int, UnitJob, _Outcome]] = []
         self._seq = itertools.count()
@@ -109,8 +117,10 @@ class Scheduler:
         self._walls: dict[str, tuple[int, float]] = {}
         self._scope: anyio.CancelScope | None = None  # the whole run's, made by run()
         self._callback_error: CallbackError | None = None
+        self._nodes: TaskGroup | None = None
+        #: why the run stopped early (``fail_fast``), once it has
+        self.stopped: str | None = None
 
-    # -- priorities -------------------------------------------------------------------------
     def _rank_nodes(self) -> None:
         """Longest remaining path from each node, weighted by its unit count."""
         order = self.graph.topological_order()
@@ -165,6 +175,16 @@ class Scheduler:
                     self._callback_error.__cause__ = exc
                     if self._scope is not None:
                         self._scope.cancel()
+
+    def stop(self, exp: Experiment, unit: str, error: str) -> None:
+        """``fail_fast``: end the run because ``unit`` of ``exp`` failed with ``error``."""
+        if self.stopped is not None or self._nodes is None:
+            return
+        name = exp.name or ""
+        self.stopped = f"stopped after {name} [{unit}] failed (fail-fast)"
+        self.failures[name] = f"{unit} failed: {error}"
+        self.emit(exp, Event("failed", name, error=self.failures[name]))
+        self._nodes.cancel_scope.cancel()
 
     # -- the unit queue ---------------------------------------------------------------------
     def submit(self, experiment: str, job: UnitJob, stream: MemoryObjectSendStream[UnitOutcome]):
@@ -232,7 +252,8 @@ class Scheduler:
                 inputs = NodeInputs(
                     upstream_results={p: self.results[p] for p in self.graph.upstream(name)},
                     book=self.book, executor=self.executor, emit=self.emit, submit=self.submit,
-                    discard=self.discard,
+                    discard=self.discard, run_id=self.run_id,
+                    stop=self.stop if self.options.fail_fast else None,
                 )
                 self.results[name] = await ExperimentRun(inputs, exp).execute()
             except ExperimentRunFailed as exc:
@@ -272,6 +293,7 @@ class Scheduler:
                             for _ in range(max(1, executor.capacity + executor.lookahead)):
                                 dispatchers.start_soon(self._dispatcher)
                             async with anyio.create_task_group() as nodes:
+                                self._nodes = nodes
                                 for name in order:
                                     nodes.start_soon(self._node, name)
                             dispatchers.cancel_scope.cancel()
@@ -281,6 +303,10 @@ class Scheduler:
         if self._callback_error is not None:
             raise self._callback_error
         results = {name: self.results[name] for name in order if name in self.results}
+        if self.stopped is not None:
+            for name in order:
+                if name not in self.results and name not in self.failures:
+                    self.failures[name] = self.stopped
         if self.failures:
             raise ExperimentFailedError(self.failures, results)
         return results

@@ -48,6 +48,33 @@ class Status:
         return "never run"
 
 
+def upstream_refs(graph: ExperimentGraph, name: str) -> list[str]:
+    """What ``name`` reads, as ``experiment#output`` with the output alias a config uses."""
+    refs = []
+    for art in graph.experiments[name].consumed_artifacts():
+        producer = graph.experiments.get(art.producer or "")
+        outputs = producer.outputs if producer is not None else {}
+        alias = next((a for a, out in outputs.items() if out is art), art.name)
+        refs.append(f"{art.producer}#{alias}")
+    return sorted(set(refs))
+
+
+def treatment_labels(graph: ExperimentGraph, name: str) -> list[str]:
+    """The treatments ``name`` runs with; inherited ones say where from (``double (from
+    producer)``)."""
+    own = {t.name for t in graph.experiments[name].treatments}
+    labels = []
+    for treatment in configure(graph)[name].treatments:
+        if treatment.name in own:
+            labels.append(treatment.name)
+            continue
+        source = next(
+            (up for up in sorted(graph.with_upstream([name]) - {name})
+             if any(t.name == treatment.name for t in graph.experiments[up].treatments)), "?")
+        labels.append(f"{treatment.name} (from {source})")
+    return labels
+
+
 def upstream_origins(
     experiment: Experiment, stored: Mapping[str, StoredVersion | None]
 ) -> dict[str, dict[str, str]]:

@@ -7,8 +7,10 @@ event loop), so everything it receives and returns is picklable and self-contain
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -70,6 +72,15 @@ class UnitOutcome:
     notes: list[str] = field(default_factory=list)
     #: workers lost while they held this unit, which then ran elsewhere (Dask)
     lost_workers: list[str] = field(default_factory=list)
+    #: wall-clock start of the first attempt and end of the last (``time.time()``)
+    started: float = 0.0
+    finished: float = 0.0
+    #: the worker that ran it: host, process and thread, as ``host:pid:thread``
+    worker: str = ""
+    #: how many times it ran (more than one when it failed and the experiment retries)
+    attempts: int = 1
+    #: the errors of the attempts that failed before the last one, as ``Type: message``
+    retried: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -102,6 +113,8 @@ class UnitRun:
         self._captured: list[tuple[str, bytes]] | None = None
         self.started = time.perf_counter()
         self._c0 = time.thread_time()
+        self.outcome.started = time.time()
+        self.outcome.worker = _worker_id()
 
     # -- the runtime the context exposes to artifacts ---------------------------------------
     def artifact_path(self, artifact: Artifact, ctx: FrozenContext) -> Path:
@@ -268,6 +281,7 @@ class UnitRun:
             self.outcome.metrics = ctx.metrics
         self.outcome.wall = time.perf_counter() - self.started
         self.outcome.cpu = time.thread_time() - self._c0
+        self.outcome.finished = time.time()
         return self.outcome
 
 
@@ -323,6 +337,21 @@ def _time_limit(run: UnitRun, step: PipelineStep) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_native_id()}"
+
+
+def _retried(attempts: list[UnitOutcome]) -> UnitOutcome:
+    """The last attempt's outcome, telling how many attempts it took and what failed before."""
+    last = attempts[-1]
+    last.started = attempts[0].started
+    last.wall = sum(o.wall for o in attempts)
+    last.cpu = sum(o.cpu for o in attempts)
+    last.attempts = len(attempts)
+    last.retried = [f"{type(o.error).__name__}: {o.error}" for o in attempts[:-1]]
+    return last
+
+
 def _call_step(run: UnitRun, step: PipelineStep, data: Any, ctx: FrozenContext) -> Any:
     with _time_limit(run, step):
         return _call_step_now(run, step, data, ctx)
@@ -353,7 +382,15 @@ def _caught(exc: BaseException) -> bool:
 
 
 def run_unit(experiment: Experiment, task: UnitTask) -> UnitOutcome:
-    """Execute one unit synchronously; never raises for errors inside the unit."""
+    """Execute one unit synchronously, retrying a failure up to ``experiment.retries`` times;
+    never raises for errors inside the unit."""
+    attempts = [_run_once(experiment, task)]
+    while attempts[-1].error is not None and len(attempts) <= experiment.retries:
+        attempts.append(_run_once(experiment, task))
+    return _retried(attempts)
+
+
+def _run_once(experiment: Experiment, task: UnitTask) -> UnitOutcome:
     run = UnitRun(experiment, task)
     ctx = None
     try:
@@ -374,8 +411,15 @@ async def arun_unit(experiment: Experiment, task: UnitTask) -> UnitOutcome:
     """Execute one unit of a pipeline with ``async`` steps on the running event loop.
 
     Async steps are awaited here, so many units overlap; sync steps of the same pipeline run in
-    a worker thread so they do not stall the loop.
+    a worker thread so they do not stall the loop. Retries as :func:`run_unit` does.
     """
+    attempts = [await _arun_once(experiment, task)]
+    while attempts[-1].error is not None and len(attempts) <= experiment.retries:
+        attempts.append(await _arun_once(experiment, task))
+    return _retried(attempts)
+
+
+async def _arun_once(experiment: Experiment, task: UnitTask) -> UnitOutcome:
     run = UnitRun(experiment, task)
     ctx = None
     try:

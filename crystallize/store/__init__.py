@@ -1,10 +1,11 @@
 """The store: versioned experiment folders, the leases that let runs share them, the typed
-records they hold, and the content-addressed step cache.
+records they hold, the content-addressed step cache, and stored runs read back as plain data.
 
 Knows nothing of experiments beyond names and fingerprints.
 """
 
-from ._cache import StepCache
+from ._cache import CACHE_DIR, StepCache
+from ._history import MetricRow, MetricSummary, StoredRun, last_run, metric_rows, stored_runs
 from ._leases import LeaseBook, StoreWarning, unusable_lock
 from ._records import (
     SCHEMA_VERSION,
@@ -14,6 +15,7 @@ from ._records import (
     StoredValue,
     UnitRecord,
     UnitState,
+    UnitTiming,
     VersionMetadata,
     VersionStatus,
     content_hash,
@@ -32,9 +34,10 @@ from ._store import (
 )
 
 __all__ = [
-    "MARKER", "SCHEMA_VERSION", "ConditionMeta", "ConditionRecord", "ExperimentStore",
-    "FileRecord", "LeaseBook", "Removal", "Scan", "StepCache", "StoreWarning", "StoredValue",
-    "StoredVersion", "UnitRecord", "UnitState", "VersionMetadata", "VersionStatus",
-    "atomic_write", "check_name", "content_hash", "file_hash", "path_name_problem",
-    "unstorable_leaf", "unusable_lock",
+    "CACHE_DIR", "MARKER", "SCHEMA_VERSION", "ConditionMeta", "ConditionRecord",
+    "ExperimentStore", "FileRecord", "LeaseBook", "MetricRow", "MetricSummary", "Removal",
+    "Scan", "StepCache", "StoreWarning", "StoredRun", "StoredValue", "StoredVersion",
+    "UnitRecord", "UnitState", "UnitTiming", "VersionMetadata", "VersionStatus", "atomic_write",
+    "check_name", "content_hash", "file_hash", "last_run", "metric_rows", "path_name_problem",
+    "stored_runs", "unstorable_leaf", "unusable_lock",
 ]

@@ -32,6 +32,10 @@ def _input_digest(data: Any) -> str | None:
         return None  # unpicklable input: the step simply is not cached
 
 
+#: The step cache's folder under a store root.
+CACHE_DIR = ".crystallize_cache"
+
+
 class StepCache:
     """Cache entries under ``root/<key[:2]>/<key>/<reads>.pkl``."""
 

@@ -311,6 +311,31 @@ def _file_json(record: FileRecord) -> dict[str, Any]:
 
 # -- unit and condition records ---------------------------------------------------------------
 @dataclass(frozen=True)
+class UnitTiming:
+    """Where and when a unit ran (for ``crystallize report``), and how many attempts it took."""
+
+    #: ``host:pid:thread`` of the worker that ran it
+    worker: str
+    started: float
+    finished: float
+    attempts: int = 1
+    #: the errors of the attempts that failed before the last, as ``Type: message``
+    retried: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"worker": self.worker, "started": self.started, "finished": self.finished,
+                "attempts": self.attempts, "retried": list(self.retried)}
+
+    @classmethod
+    def read(cls, r: _Reader) -> UnitTiming:
+        retried = r.get("retried", list)
+        if not all(isinstance(e, str) for e in retried):
+            r.fail(r.key("retried"), "expected a list of strings")
+        return cls(r.get("worker", str), float(r.get("started", (int, float))),
+                   float(r.get("finished", (int, float))), r.count("attempts"), tuple(retried))
+
+
+@dataclass(frozen=True)
 class UnitRecord:
     """One replicate of a condition as stored."""
 
@@ -321,6 +346,8 @@ class UnitRecord:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     artifacts: Mapping[str, FileRecord] = field(default_factory=dict)
     error: str | None = None
+    #: for a unit this version executed (a reused one keeps the run's that computed it)
+    timing: UnitTiming | None = None
 
 
 @dataclass(frozen=True)
@@ -374,6 +401,7 @@ class ConditionRecord:
             "files": {n: [(_file_json(u.artifacts[n]) if n in u.artifacts else None)
                           for u in self.units] for n in artifacts},
             "errors": {str(u.replicate): u.error for u in self.units if u.error is not None},
+            "timings": [None if u.timing is None else u.timing.to_json() for u in self.units],
         })
 
     @classmethod
@@ -388,7 +416,8 @@ class ConditionRecord:
         states, seeds = r.get("states", list), r.get("seeds", list)
         metrics, recorded = r.sub("metrics"), r.sub("recorded")
         files, errors = r.sub("files"), r.strings("errors")
-        for key, column in (("states", states), ("seeds", seeds)):
+        timings = r.get("timings", list, [None] * n)  # absent in records written before them
+        for key, column in (("states", states), ("seeds", seeds), ("timings", timings)):
             if len(column) != n:
                 r.fail(key, f"expected {n} entries (one per replicate), got {len(column)}")
         if any(s not in _UNIT_STATES for s in states):
@@ -411,8 +440,10 @@ class ConditionRecord:
                     entry = _Reader(path, column[rep], f"files.{name}[{rep}]")
                     arts[name] = FileRecord(entry.get("path", str), entry.get("size", int),
                                             entry.get("blake2b", str))
+            timing = None if timings[rep] is None else UnitTiming.read(
+                _Reader(path, timings[rep], f"timings[{rep}]"))
             units.append(UnitRecord(rep, states[rep], seeds[rep], values, arts,
-                                    errors.get(str(rep))))
+                                    errors.get(str(rep)), timing))
         return cls(r.get("condition", str), tuple(units))
 
     def side_files(self) -> list[FileRecord]:
@@ -484,6 +515,8 @@ class VersionMetadata:
     timings: Mapping[str, float] = field(default_factory=dict)
     host: str = ""
     pid: int = 0
+    #: the graph run that wrote it (every version one ``run`` writes shares it)
+    run: str = ""
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -517,6 +550,7 @@ class VersionMetadata:
             "timings": dict(self.timings),
             "host": self.host,
             "pid": self.pid,
+            "run": self.run,
         })
 
     @classmethod
@@ -546,6 +580,6 @@ class VersionMetadata:
             strategy=r.get("strategy", str, "rerun"), reason=r.get("reason", str, ""),
             executor=r.get("executor", str, ""),
             timings={k: v for k, v in timings.items() if isinstance(v, (int, float))},
-            host=r.get("host", str, ""), pid=r.get("pid", int, 0),
+            host=r.get("host", str, ""), pid=r.get("pid", int, 0), run=r.get("run", str, ""),
         )
 

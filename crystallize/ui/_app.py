@@ -10,12 +10,14 @@ Three screens, all built on the same functions as the plain commands:
   ``datasource:`` (what ``crystallize new --use`` does);
 - the **run** screen (``enter``): the experiment and its dependencies, which run first, with
   live progress; 🔒 marks what is cached (an experiment under ``strategy: resume``, a step with
-  the step cache) and ``l`` toggles it for this session; the error panel lists failures and the
-  missing paths they name.
+  the step cache) and ``l`` toggles it for the rest of the session; ``c`` (or Ctrl-C) cancels a
+  run; the error panel lists failures, the worker tracebacks of failed units (``t`` cycles how
+  much of them it shows, like ``--tb``) and the missing paths they name.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +52,10 @@ from ..errors import (
     ScaffoldError,
 )
 from ..experiment import Experiment, ExperimentGraph
-from ..model import Event
-from ..render import format_values, hypothesis_lines
-from ..running import experiment_status
+from ..model import Event, PipelineStep, Result
+from ..render import failure_lines, format_values, hypothesis_lines
+from ..running import experiment_status, treatment_labels, upstream_refs
+from ._widgets import MarkedCheckbox, MarkedSelectionList
 
 GRAPH_ICON, LOCK_ICON = "📈", "🔒"
 #: Folders never searched for experiments: stores, environments, caches.
@@ -68,6 +71,7 @@ class Entry:
     experiment: Experiment | None = None
     error: str | None = None
     _state: str | None = field(default=None, repr=False)
+    _graph: ExperimentGraph | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -77,21 +81,37 @@ class Entry:
 
     @property
     def upstreams(self) -> list[str]:
+        """What it reads, as ``experiment#output`` (the config's own spelling)."""
         if self.experiment is None:
             return []
-        return sorted({f"{a.producer}#{a.name}" for a in self.experiment.consumed_artifacts()})
+        try:
+            return upstream_refs(self.graph(), self.name)
+        except ValueError:
+            return sorted({f"{a.producer}#{a.name}" for a in self.experiment.consumed_artifacts()})
 
     @property
     def outputs(self) -> list[str]:
         return sorted(self.experiment.outputs) if self.experiment else []
 
+    def graph(self) -> ExperimentGraph:
+        """The experiment with its prerequisites; loaded once per listing."""
+        if self._graph is None:
+            self._graph = ExperimentGraph.from_yaml(self.config)
+        return self._graph
+
+    def treatments(self) -> list[str]:
+        """Its treatments as a run has them: its own and those inherited from upstreams."""
+        try:
+            return treatment_labels(self.graph(), self.name)
+        except ValueError:  # a graph that does not load: its own treatments at least
+            return [t.name for t in self.experiment.treatments] if self.experiment else []
+
     def store_state(self) -> str:
-        """Complete, stale (and why) or never run; worked out once per listing, since it loads
-        the experiment's graph and fingerprints it."""
+        """Complete, stale (and why) or never run; worked out once per listing, since it
+        fingerprints the experiment's graph."""
         if self._state is None:
             try:
-                graph = ExperimentGraph.from_yaml(self.config)
-                self._state = experiment_status(graph)[self.name].describe()
+                self._state = experiment_status(self.graph())[self.name].describe()
             except (ConfigError, GraphError) as exc:
                 self._state = f"unknown: {exc}"
         return self._state
@@ -125,6 +145,11 @@ def discover(root: Path) -> dict[Path, list[Entry]]:
     return groups
 
 
+def step_label(step: PipelineStep) -> str:
+    """A step as ``steps:`` in config.yaml names it (its factory's name, e.g. ``scale``)."""
+    return step.fn.__name__
+
+
 def describe(entry: Entry) -> Text:
     """The details panel for one experiment, with its state in the store."""
     text = Text()
@@ -139,8 +164,8 @@ def describe(entry: Entry) -> Text:
     rows = [
         ("replicates", str(exp.replicates)),
         ("strategy", f"{exp.strategy} {LOCK_ICON if exp.strategy == 'resume' else ''}"),
-        ("treatments", ", ".join(t.name for t in exp.treatments) or "-"),
-        ("steps", ", ".join(f"{s.name}{' ' + LOCK_ICON if s.cacheable else ''}"
+        ("treatments", ", ".join(entry.treatments()) or "-"),
+        ("steps", ", ".join(f"{step_label(s)}{' ' + LOCK_ICON if s.cacheable else ''}"
                             for s in exp.pipeline.steps) or "-"),
         ("reads from", ", ".join(entry.upstreams) or "-"),
         ("outputs", ", ".join(entry.outputs) or "-"),
@@ -172,9 +197,9 @@ class NewExperimentScreen(ModalScreen[Path | None]):
             yield Label(f"Create New Experiment in {display_path(self.folder).as_posix()}/",
                         id="title")
             yield Input(placeholder="experiment name", id="name")
-            yield Checkbox("Use outputs from other experiments", id="use",
-                           disabled=not self.available)
-            yield SelectionList[str](*[(ref, ref) for ref in self.available], id="outputs")
+            yield MarkedCheckbox("Use outputs from other experiments", id="use",
+                                 disabled=not self.available)
+            yield MarkedSelectionList(*[(ref, ref) for ref in self.available], id="outputs")
             yield Static("", id="problem")
             with Horizontal(id="buttons"):
                 yield Button("Create", variant="primary", id="create")
@@ -221,7 +246,24 @@ class _Row:
     done: int = 0
     total: int = 0
     state: str = "waiting"
-    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CachingChoices:
+    """What ``l`` toggled on run screens, kept for the session so reopening one keeps it.
+
+    Keyed by the folder holding the experiments and the experiment's name (names are unique
+    among sibling folders).
+    """
+
+    strategies: dict[tuple[Path, str], str] = field(default_factory=dict)
+    steps: dict[tuple[Path, str, int], bool] = field(default_factory=dict)
+
+    def apply(self, folder: Path, graph: ExperimentGraph) -> None:
+        for name, exp in graph.experiments.items():
+            exp.strategy = self.strategies.get((folder, name), exp.strategy)
+            for index, step in enumerate(exp.pipeline.steps):
+                step.cacheable = self.steps.get((folder, name, index), step.cacheable)
 
 
 class RunScreen(Screen[None]):
@@ -229,15 +271,22 @@ class RunScreen(Screen[None]):
 
     BINDINGS: ClassVar = [
         Binding("r", "run", "Run"),
+        Binding("c", "cancel", "Cancel run"),
         Binding("l", "toggle_lock", "Toggle caching"),
+        Binding("t", "traceback", "Tracebacks"),
         Binding("escape", "back", "Back"),
     ]
 
-    def __init__(self, config: Path, executor: str | None) -> None:
+    def __init__(
+        self, config: Path, executor: str | None, choices: CachingChoices | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         self.executor = executor
         self.graph = ExperimentGraph.from_yaml(config)
+        self.folder = config.resolve().parent.parent
+        self.choices = choices if choices is not None else CachingChoices()
+        self.choices.apply(self.folder, self.graph)
         self.order = self.graph.topological_order()
         self.rows: list[_Row] = []
         for name in self.order:
@@ -245,6 +294,10 @@ class RunScreen(Screen[None]):
             steps = self.graph.experiments[name].pipeline.steps
             self.rows += [_Row(name, i) for i in range(len(steps))]
         self.running = False
+        #: how much of the failed units' tracebacks the error panel shows (``--tb``'s modes)
+        self.tb: str | None = None
+        self._failures: dict[str, str] = {}
+        self._results: dict[str, Result] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -274,7 +327,7 @@ class RunScreen(Screen[None]):
         exp = self.graph.experiments[row.experiment]
         if row.step is not None:
             step = exp.pipeline.steps[row.step]
-            return (LOCK_ICON if step.cacheable else "", f"  └ {step.name}", "", "")
+            return (LOCK_ICON if step.cacheable else "", f"  └ {step_label(step)}", "", "")
         lock = LOCK_ICON if exp.strategy == "resume" else ""
         width = 20
         filled = round(width * row.done / row.total) if row.total else 0
@@ -289,7 +342,20 @@ class RunScreen(Screen[None]):
     def _experiment_row(self, name: str) -> int:
         return next(i for i, r in enumerate(self.rows) if r.experiment == name and r.step is None)
 
-    def show_errors(self, lines: list[str]) -> None:
+    def show_errors(self) -> None:
+        """The panel: failed experiments, failed units (tracebacks as ``tb`` asks), and the
+        missing paths their errors name."""
+        lines = [f"{name}: {cause}" for name, cause in self._failures.items()]
+        units = failure_lines(self._results, self.tb)
+        if units:
+            mode = self.tb or "first in full"
+            lines += [f"failed units (tracebacks: {mode}; t to change):", *units]
+        missing = sorted({
+            str(error.path) for result in self._results.values()
+            for error in result.errors.values()
+            if isinstance(error, MissingArtifactError) and error.path is not None
+        })
+        lines += [f"missing path: {m}" for m in missing]
         panel = self.query_one("#errors", Static)
         panel.update(Text("\n".join(lines), style="red"))
         panel.display = bool(lines)
@@ -308,18 +374,29 @@ class RunScreen(Screen[None]):
         exp = self.graph.experiments[row.experiment]
         if row.step is None:
             exp.strategy = "rerun" if exp.strategy == "resume" else "resume"
+            self.choices.strategies[(self.folder, row.experiment)] = exp.strategy
         else:
             step = exp.pipeline.steps[row.step]
             step.cacheable = not step.cacheable
+            self.choices.steps[(self.folder, row.experiment, row.step)] = step.cacheable
         self._redraw(index)
+
+    def action_traceback(self) -> None:
+        modes: list[str | None] = [None, "long", "short", "no"]
+        self.tb = modes[(modes.index(self.tb) + 1) % len(modes)]
+        self.show_errors()
 
     def action_run(self) -> None:
         if not self.running:
             self.running = True
-            self.show_errors([])
-            for row in self.rows:
-                row.notes.clear()
+            self._failures, self._results = {}, {}
+            self.show_errors()
             self.run_graph()
+
+    def action_cancel(self) -> None:
+        """Stop the run: its workers stop and nothing it left half done is marked complete."""
+        if self.running:
+            self.workers.cancel_node(self)
 
     def progress(self, event: Event) -> None:
         """The run's progress, delivered on the UI's own event loop by the scheduler."""
@@ -330,9 +407,6 @@ class RunScreen(Screen[None]):
             row.total, row.done, row.state = event.units or 0, 0, f"running -> v{event.version}"
         elif event.kind == "unit_finished":
             row.done += 1
-            if event.error:
-                row.notes.append(f"{event.experiment} [{event.condition} rep {event.replicate}]: "
-                                 f"{event.error}")
         elif event.kind == "resumed":
             row.total = row.done = 1
             row.state = f"{LOCK_ICON} cached, resumed v{event.version}"
@@ -340,7 +414,7 @@ class RunScreen(Screen[None]):
             row.state = f"done -> v{event.version}"
         elif event.kind in ("failed", "skipped"):
             row.state = f"{event.kind}: {event.error or event.reason}"
-        if event.kind != "unit_finished":
+        if event.kind != "unit_finished" or event.attempts > 1:
             log.write(event.describe())
         self._redraw(index)
 
@@ -352,6 +426,13 @@ class RunScreen(Screen[None]):
             results = await self.graph.arun(executor=self.executor, on_event=self.progress)
         except ExperimentFailedError as exc:
             results, failures = exc.results, exc.failures
+        except asyncio.CancelledError:
+            log.write("run cancelled: nothing it left unfinished is marked complete")
+            for index, row in enumerate(self.rows):
+                if row.step is None and row.state.startswith(("waiting", "running")):
+                    row.state = "cancelled"
+                    self._redraw(index)
+            raise
         except Exception as exc:  # noqa: BLE001 - shown in the panel, the UI stays usable
             results, failures = {}, {self.order[-1]: f"{type(exc).__name__}: {exc}"}
         finally:
@@ -363,15 +444,8 @@ class RunScreen(Screen[None]):
                 log.write(f"{name} [{cond}] {shown}")
             for line in hypothesis_lines(result):
                 log.write(f"{name}: {line}")
-        lines = [f"{name}: {cause}" for name, cause in failures.items()]
-        for row in self.rows:
-            lines += row.notes
-        missing = sorted({
-            str(error.path) for result in results.values() for error in result.errors.values()
-            if isinstance(error, MissingArtifactError) and error.path is not None
-        })
-        lines += [f"missing path: {m}" for m in missing]
-        self.show_errors(lines)
+        self._failures, self._results = failures, results
+        self.show_errors()
 
 
 class ExperimentsScreen(Screen[None]):
@@ -388,6 +462,7 @@ class ExperimentsScreen(Screen[None]):
         self.root = root
         self.executor = executor
         self.groups: dict[Path, list[Entry]] = {}
+        self.choices = CachingChoices()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -406,8 +481,12 @@ class ExperimentsScreen(Screen[None]):
         return [e for group in self.groups.values() for e in group]
 
     def action_refresh(self, select: Path | None = None) -> None:
-        self.groups = discover(self.root)
         tree = self.query_one("#tree", Tree)
+        if select is None and tree.cursor_node is not None:
+            # Stay on the highlighted experiment, and show what is now true about it.
+            current = tree.cursor_node.data
+            select = current.config if isinstance(current, Entry) else None
+        self.groups = discover(self.root)
         tree.clear()
         tree.root.expand()
         chosen = None
@@ -449,7 +528,7 @@ class ExperimentsScreen(Screen[None]):
         if not isinstance(entry, Entry) or entry.experiment is None:
             return
         try:
-            screen = RunScreen(entry.config, self.executor)
+            screen = RunScreen(entry.config, self.executor, self.choices)
         except (ConfigError, GraphError) as exc:
             self.app.notify(str(exc), severity="error", timeout=10)
             return
@@ -496,7 +575,11 @@ class CrystallizeApp(App[None]):
     #buttons { height: auto; }
     #title { text-style: bold; }
     """
-    BINDINGS: ClassVar = [Binding("q", "quit", "Quit")]
+    BINDINGS: ClassVar = [
+        Binding("q", "quit", "Quit"),
+        # Ctrl-C does what it does in a terminal: stop the run, or else leave (no quit prompt).
+        Binding("ctrl+c", "interrupt", "Cancel run / quit", show=False, priority=True),
+    ]
 
     def __init__(self, root: Path, executor: str | None = None) -> None:
         super().__init__()
@@ -505,6 +588,13 @@ class CrystallizeApp(App[None]):
 
     def on_mount(self) -> None:
         self.push_screen(ExperimentsScreen(self.root, self.executor))
+
+    def action_interrupt(self) -> None:
+        screen = self.screen
+        if isinstance(screen, RunScreen) and screen.running:
+            screen.action_cancel()
+        else:
+            self.exit()
 
 
 def run_ui(root: Path, executor: str | None = None) -> int:

@@ -1,0 +1,32 @@
+"""Widgets whose state reads without colour (a terminal may have none, a reader may not see it)."""
+
+from __future__ import annotations
+
+from rich.segment import Segment
+from textual.strip import Strip
+from textual.widgets import Checkbox, SelectionList
+
+
+class MarkedCheckbox(Checkbox):
+    """A checkbox whose state shows without colour: ``X`` when on, blank when off."""
+
+    @property
+    def BUTTON_INNER(self) -> str:  # type: ignore[override]  # Textual's name for it
+        return "X" if self.value else " "
+
+
+class MarkedSelectionList(SelectionList[str]):
+    """A selection list whose choices show ``X`` when chosen and blank when not, not only by
+    colour."""
+
+    def render_line(self, y: int) -> Strip:
+        strip = super().render_line(y)
+        segments = list(strip)
+        if len(segments) < 2 or segments[1].style is None:
+            return strip
+        index = segments[1].style.meta.get("option")
+        if index is None:
+            return strip
+        chosen = self.get_option_at_index(index).value in self.selected
+        segments[1] = Segment("X" if chosen else " ", segments[1].style)
+        return Strip(segments, strip.cell_length)
