@@ -175,8 +175,8 @@ def test_retries_in_config_rerun_flaky_units_and_say_so(tmp_path: Path) -> None:
     stored = json.loads((tmp_path / "data" / "flaky" / "v0" / "baseline" / "results.json")
                         .read_text())
     assert stored["metrics"]["value"] == [0, 1]
-    assert [u["attempts"] for u in stored["units"].values()] == [2, 2]
-    assert stored["units"]["0"]["retried"] == ["ConnectionError: flaky resource"]
+    assert [t["attempts"] for t in stored["timings"]] == [2, 2]
+    assert stored["timings"][0]["retried"] == ["ConnectionError: flaky resource"]
 
 
 def test_without_retries_a_flaky_unit_fails(tmp_path: Path) -> None:

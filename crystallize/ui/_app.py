@@ -55,7 +55,7 @@ from ..experiment import Experiment, ExperimentGraph
 from ..model import Event, PipelineStep, Result
 from ..render import failure_lines, format_values, hypothesis_lines
 from ..running import experiment_status, treatment_labels, upstream_refs
-from ._widgets import MarkedCheckbox, MarkedSelectionList
+from ._widgets import CachingChoices, MarkedCheckbox, MarkedSelectionList
 
 GRAPH_ICON, LOCK_ICON = "📈", "🔒"
 #: Folders never searched for experiments: stores, environments, caches.
@@ -246,24 +246,6 @@ class _Row:
     done: int = 0
     total: int = 0
     state: str = "waiting"
-
-
-@dataclass
-class CachingChoices:
-    """What ``l`` toggled on run screens, kept for the session so reopening one keeps it.
-
-    Keyed by the folder holding the experiments and the experiment's name (names are unique
-    among sibling folders).
-    """
-
-    strategies: dict[tuple[Path, str], str] = field(default_factory=dict)
-    steps: dict[tuple[Path, str, int], bool] = field(default_factory=dict)
-
-    def apply(self, folder: Path, graph: ExperimentGraph) -> None:
-        for name, exp in graph.experiments.items():
-            exp.strategy = self.strategies.get((folder, name), exp.strategy)
-            for index, step in enumerate(exp.pipeline.steps):
-                step.cacheable = self.steps.get((folder, name, index), step.cacheable)
 
 
 class RunScreen(Screen[None]):
