@@ -27,6 +27,9 @@ what would fix it. Each one also keeps the builtin base it had before the tree e
     + CorruptRecordError (ValueError) -- a store record is not what a run wrote; ``.path``,
       ``.key`` (its version is not trusted, and reruns)
     + StoreError (OSError) -- the store cannot do what was asked (read-only, a link)
+    + ClusterError (RuntimeError) -- a Dask cluster cannot serve the run (unreachable, no
+      workers, workers that cannot see the store); nothing has run
+    + WorkerKilledError (RuntimeError) -- the unit killed its worker process every time it ran
 
 (Warnings are not errors: the store's ``StoreWarning`` lives in :mod:`crystallize.store`.)
 """
