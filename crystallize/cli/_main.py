@@ -333,7 +333,7 @@ def cmd_list(args: argparse.Namespace, out: Console) -> int:
         folder = str(display_path(config.parent))
         try:
             graph = ExperimentGraph.from_yaml(config)
-        except ValueError as exc:  # a ConfigError, or a graph that cannot be built
+        except (ConfigError, GraphError) as exc:
             broken += 1
             table.add_row(Text(config.parent.name, style="red"), folder, "", "",
                           Text(f"error: {exc}", style="red"))

@@ -103,8 +103,9 @@ def _find_unpicklable(exp: Experiment) -> str:
 def unit_record(outcome: UnitOutcome, seed: int) -> UnitRecord:
     """How the store keeps a unit's outcome."""
     error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
+    # An outcome made outside a worker (the executor itself failed) has no timing to show.
     timing = UnitTiming(outcome.worker, outcome.started, outcome.finished, outcome.attempts,
-                        tuple(outcome.retried))
+                        tuple(outcome.retried)) if outcome.started else None
     return UnitRecord(outcome.replicate, "failed" if error else "complete", seed,
                       outcome.metrics, outcome.artifacts, error, timing)
 

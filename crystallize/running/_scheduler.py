@@ -121,6 +121,7 @@ class Scheduler:
         #: why the run stopped early (``fail_fast``), once it has
         self.stopped: str | None = None
 
+    # -- priorities -------------------------------------------------------------------------
     def _rank_nodes(self) -> None:
         """Longest remaining path from each node, weighted by its unit count."""
         order = self.graph.topological_order()

@@ -86,7 +86,7 @@ class Entry:
             return []
         try:
             return upstream_refs(self.graph(), self.name)
-        except ValueError:
+        except (ConfigError, GraphError):
             return sorted({f"{a.producer}#{a.name}" for a in self.experiment.consumed_artifacts()})
 
     @property
@@ -103,7 +103,7 @@ class Entry:
         """Its treatments as a run has them: its own and those inherited from upstreams."""
         try:
             return treatment_labels(self.graph(), self.name)
-        except ValueError:  # a graph that does not load: its own treatments at least
+        except (ConfigError, GraphError):  # a graph that does not load: its own at least
             return [t.name for t in self.experiment.treatments] if self.experiment else []
 
     def store_state(self) -> str:
