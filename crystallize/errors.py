@@ -10,12 +10,14 @@ what would fix it. Each one also keeps the builtin base it had before the tree e
     + GraphError (ValueError) -- the experiments do not form a valid graph
     + MissingArtifactError (FileNotFoundError) -- an upstream artifact is not in the store;
       ``.producer``, ``.path``
+        + UpstreamFailedError -- because the upstream unit that should have written it failed
     + ContextMutationError (KeyError) -- a context key was assigned twice
     + PicklingError (TypeError) -- something a worker needs cannot be pickled
     + UnitError -- a unit's exception that could not cross a process boundary; carries the
       worker's traceback as ``.traceback_text``
+    + UnreadTreatmentKeyError (ValueError) -- a treatment key nothing can read (before a run)
     + ExperimentFailedError (RuntimeError) -- experiments of a run failed; ``.failures``,
-      ``.results``
+      ``.results``, the first failure's exception as ``__cause__``
     + LimitError (ValueError) -- an input is above one of the caps of ``model.limits`` (the
       message says how to raise it)
     + CallbackError (RuntimeError) -- an ``on_event`` callback raised; the run was stopped
@@ -32,11 +34,16 @@ what would fix it. Each one also keeps the builtin base it had before the tree e
     + WorkerKilledError (RuntimeError) -- the unit killed its worker process every time it ran
 
 (Warnings are not errors: the store's ``StoreWarning`` lives in :mod:`crystallize.store`.)
+
+Every unit exception also carries its traceback as text (:func:`unit_traceback`): as
+``.traceback_text``, and, when it crossed a process boundary, as a :class:`RemoteTraceback`
+``__cause__``.
 """
 
 from __future__ import annotations
 
 import difflib
+import traceback
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,6 +111,11 @@ class MissingArtifactError(CrystallizeError, FileNotFoundError):
         self.path = path
 
 
+class UpstreamFailedError(MissingArtifactError):
+    """The artifact a unit reads is missing because the upstream unit that should have written
+    it failed: the consumer's unit fails too, rather than read something else in its place."""
+
+
 class ContextMutationError(CrystallizeError, KeyError):
     """A key of a :class:`~crystallize.FrozenContext` was assigned twice.
 
@@ -134,6 +146,36 @@ class UnitError(CrystallizeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.remote_type, self.message, self.traceback_text)
+
+
+class RemoteTraceback(CrystallizeError):
+    """The traceback of an exception raised in a worker process, as text.
+
+    Set as the ``__cause__`` of a unit's exception that crossed a process boundary (as
+    :mod:`concurrent.futures` does), so printing the exception shows where it really happened.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text.rstrip()}\n"""'
+
+
+def unit_traceback(error: BaseException) -> str:
+    """The full traceback of a unit's exception as text, wherever the unit ran."""
+    text = getattr(error, "traceback_text", None)
+    if isinstance(text, str) and text:
+        return text
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+class UnreadTreatmentKeyError(CrystallizeError, ValueError):
+    """A treatment sets a key that no step, datasource or verifier can read (found before the
+    run: the condition would silently equal the baseline)."""
+
+
 
 
 class ExperimentFailedError(CrystallizeError, RuntimeError):

@@ -150,7 +150,7 @@ def test_treatments_mapping_callable_and_baseline_override():
 # -- executors and seeds --------------------------------------------------------------------
 def test_process_thread_inline_give_identical_seeded_metrics():
     exp = Experiment(numbers(), [noisy(), total()], name="seeded", replicates=4,
-                     treatments=[Treatment("t", {"x": 1})])
+                     treatments=[Treatment("t", {})])
     runs = {ex: exp.run(executor=ex, max_workers=2) for ex in ("process", "thread", "inline")}
     draws = {ex: r.metrics.baseline.metrics["draw"] for ex, r in runs.items()}
     assert draws["process"] == draws["thread"] == draws["inline"]
@@ -234,7 +234,8 @@ def test_unit_errors_recorded_by_condition_and_replicate():
     assert set(result.errors) == {"baseline_rep_1", "t_rep_1"}
     assert isinstance(result.errors["baseline_rep_1"], ValueError)
     assert "boom on one" in str(result.errors["baseline_rep_1"])
-    assert result.metrics.baseline.metrics["ok"] == [1, None, 1]
+    assert result.metrics.baseline.metrics["ok"] == [1, 1]  # the failed replicate adds nothing
+    assert result.metrics.baseline.by_replicate == {0: {"ok": 1}, 1: {}, 2: {"ok": 1}}
 
 
 FORK_WATCH = """
@@ -324,7 +325,8 @@ def test_a_worker_process_that_dies_fails_only_its_unit():
     assert "worker process died" in str(result.errors["baseline_rep_0"])
     # the units that shared the pool with it are retried and finish
     assert set(result.errors) == {"baseline_rep_0"}
-    assert result.metrics.baseline.metrics["ok"] == [None, 1, 1, 1]
+    assert result.metrics.baseline.metrics["ok"] == [1, 1, 1]
+    assert result.metrics.baseline.by_replicate[0] == {}
 
 
 def test_unpicklable_step_names_experiment_step_and_object():
@@ -374,7 +376,7 @@ def producer(replicates=2, **kw):
 
 
 def test_store_layout_on_disk():
-    exp, _ = producer(treatments=[Treatment("double", {"factor": 2})])
+    exp, _ = producer(treatments=[Treatment("double", {"n": 10})])
     result = exp.run(executor="process", max_workers=2)
     v = Path("data/producer/v0")
     assert result.version == 0 and result.version_dir == v.resolve()
@@ -428,7 +430,7 @@ def test_consumer_cycles_replicates_and_falls_back_to_baseline():
         return data, {"upstream_rep": data["replicate"], "upstream_cond": data["condition"]}
 
     consumer = Experiment(out, [read()], name="consumer", replicates=5,
-                          treatments=[Treatment("new", {"k": 1})])
+                          treatments=[Treatment("new", {})])
     results = ExperimentGraph(prod, consumer).run(executor="process", max_workers=2,
                                                   strategy="rerun")
     cons = results["consumer"].metrics

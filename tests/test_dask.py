@@ -41,7 +41,7 @@ def read(data, ctx):
 def build():
     out = Artifact("summary.json")
     producer = Experiment(nums(), [draw(summary=out)], name="producer", replicates=3,
-                          outputs=[out], treatments=[Treatment("t", {"k": 1})])
+                          outputs=[out], treatments=[Treatment("t", {})])
     consumer = Experiment(out, [read()], name="consumer", replicates=3)
     return ExperimentGraph(producer, consumer)
 

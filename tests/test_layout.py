@@ -193,6 +193,9 @@ def test_errors_share_one_root_and_keep_their_builtin_bases() -> None:
         errors.StoreError: OSError,
         errors.ClusterError: RuntimeError,
         errors.WorkerKilledError: RuntimeError,
+        errors.RemoteTraceback: Exception,
+        errors.UnreadTreatmentKeyError: ValueError,
+        errors.UpstreamFailedError: FileNotFoundError,
     }
     for cls, base in bases.items():
         assert issubclass(cls, errors.CrystallizeError) and issubclass(cls, base), cls

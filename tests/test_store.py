@@ -39,7 +39,7 @@ def build(pause, versioned=False):
     plugin = ArtifactPlugin(root_dir="data", versioned=versioned, artifact_retention=10)
     return Experiment(source(), [produce(summary=out, pause=pause)], name="producer",
                       replicates=4, outputs=[out], plugins=[plugin],
-                      treatments={"t": {"k": 1}})
+                      treatments={"t": {"pause": pause}})
 
 if __name__ == "__main__":
     strategy, pause, versioned = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"

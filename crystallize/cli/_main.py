@@ -1,9 +1,9 @@
 """The ``crystallize`` command line (SPEC §6).
 
 ``PATH`` is a ``config.yaml``, an experiment folder or an experiments root, as for
-:meth:`~crystallize.ExperimentGraph.from_yaml`. Exit codes: 0 success, 1 an experiment failed,
-2 a user mistake (bad config, missing path, bad option; reported without a traceback),
-130 interrupted.
+:meth:`~crystallize.ExperimentGraph.from_yaml`. Exit codes: 0 success, 1 a unit or an
+experiment failed, 2 a user mistake (bad config, missing path, bad option; reported without a
+traceback), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from ..errors import (
     LimitError,
     ScaffoldError,
     StoreError,
+    UnreadTreatmentKeyError,
 )
 from ..experiment import ExperimentGraph
 from ..model import BASELINE, MAX_REPLICATES, Event
@@ -211,11 +212,15 @@ def cmd_run(args: argparse.Namespace, out: Console) -> int:
             failure, results = exc, exc.results
         except ImportError as exc:  # an optional dependency, e.g. dask for --executor dask
             raise UsageError(f"{exc}") from None
+        except UnreadTreatmentKeyError as exc:  # found before anything ran
+            raise UsageError(f"{exc}") from None
     for result in results.values():
         out.print(summary_title(result))
         out.print(summary_table(result))
         for line in hypothesis_lines(result):
             out.print(Text(line))
+        for warning in result.warnings:
+            out.print(Text(f"  warning: {warning}", style="yellow"))
     for worker, units in progress.lost.items():
         out.print(Text(f"worker {worker} was lost; re-ran elsewhere: {', '.join(units)}",
                        style="yellow"))
@@ -224,11 +229,16 @@ def cmd_run(args: argparse.Namespace, out: Console) -> int:
         out.print(Text("failed units:", style="bold red"))
         for line in failed_units:
             out.print(Text(line, style="red"), soft_wrap=True)
-    if failure is None:
+    unit_failures = sum(len(r.errors) for r in results.values())
+    if failure is None and not unit_failures:
         return EXIT_OK
-    out.print(Text(f"{len(failure.failures)} experiment(s) failed:", style="bold red"))
-    for name, cause in failure.failures.items():
-        out.print(Text(f"  {name}: {cause}", style="red"))
+    if unit_failures:
+        # A run with any failed unit is not a success: its numbers are missing replicates.
+        out.print(Text(f"{unit_failures} unit(s) failed", style="bold red"))
+    if failure is not None:
+        out.print(Text(f"{len(failure.failures)} experiment(s) failed:", style="bold red"))
+        for name, cause in failure.failures.items():
+            out.print(Text(f"  {name}: {cause}", style="red"))
     return EXIT_FAILED
 
 

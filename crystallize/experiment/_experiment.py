@@ -10,6 +10,7 @@ import asyncio
 import copy
 import functools
 import graphlib
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,10 +26,12 @@ from ..model import (
     ArtifactPlugin,
     BasePlugin,
     DataSource,
+    ExperimentInput,
     Hypothesis,
     Pipeline,
     SeedPlugin,
     Treatment,
+    Verifier,
     as_datasource,
     check_replicates,
     check_retries,
@@ -64,6 +67,24 @@ def _as_treatments(treatments: Any, where: str) -> list[Treatment]:
     if dupes:
         raise ValueError(f"{where}: treatment name(s) {dupes} given more than once")
     return items
+
+
+def _source_label(source: DataSource) -> str:
+    if isinstance(source, Artifact):
+        return Path(source.name).stem
+    if isinstance(source, ExperimentInput):
+        return "_".join(source.sources)
+    fn = getattr(source, "fn", None)
+    return getattr(fn, "__name__", None) or type(source).__name__.lower()
+
+
+def default_name(datasource: DataSource, pipeline: Pipeline) -> str:
+    """An unnamed experiment's name: its datasource and steps, ``numbers-scale-total``.
+
+    Built from names, not code, so editing a step's body keeps the name (and the store).
+    """
+    parts = [_source_label(datasource)] + [step.fn.__name__ for step in pipeline.steps]
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", "-".join(parts)).strip("_") or "experiment"
 
 
 class Experiment:
@@ -118,8 +139,10 @@ class Experiment:
         #: The most seconds one unit may take; a unit still running then fails with
         #: :class:`TimeoutError` (in a process, its worker is stopped), the others go on.
         self.timeout = check_timeout(timeout, where)
-        self._name: str | None = None
+        self._name = ""
         self.name = name
+        #: True when the name was derived from the datasource and steps (no ``name=`` given)
+        self.named_by_default = name is None
         self._check_artifact_params(where)
         for plugin in self.plugins:
             plugin.init_hook(self)
@@ -179,22 +202,27 @@ class Experiment:
 
     # -- properties -------------------------------------------------------------------------
     @property
-    def name(self) -> str | None:
+    def name(self) -> str:
         return self._name
 
     @name.setter
     def name(self, value: str | None) -> None:
-        if value is not None and (not isinstance(value, str) or not value.strip()):
+        if value is None:
+            value = default_name(self.datasource, self.pipeline)
+        elif not isinstance(value, str) or not value.strip():
             raise ValueError(f"experiment name must be a non-empty string, got {value!r}")
-        problem = None if value is None else path_name_problem(value)
+        problem = path_name_problem(value)
         if problem:
             raise ValueError(
                 f"experiment name {value!r} {problem}; it names the experiment's folder in the "
                 "store. Rename the experiment"
             )
         self._name = value
+        self.named_by_default = False
         for art in self.outputs.values():
             art.producer = value
+            # A consumer run on its own finds this producer's runs where this producer keeps them.
+            art.producer_root = self.store_plugin.root_dir
 
     @property
     def replicates(self) -> int:
@@ -229,6 +257,19 @@ class Experiment:
     def seed_plugin(self) -> SeedPlugin:
         return next((p for p in self.plugins if isinstance(p, SeedPlugin)), _DEFAULT_SEED)
 
+    def context_keys(self) -> set[str] | None:
+        """Context keys its datasource, steps and verifiers can read (None: cannot tell)."""
+        keys: set[str] = set()
+        parts = [self.datasource.context_keys(), *(s.context_keys() for s in self.pipeline.steps)]
+        for more in parts:
+            if more is None:
+                return None
+            keys |= more
+        for hyp in self.hypotheses:
+            if isinstance(hyp.verifier, Verifier):
+                keys |= hyp.verifier.parameter_names()
+        return keys
+
     def consumed_artifacts(self) -> list[Artifact]:
         return self.datasource.artifacts()
 
@@ -256,15 +297,13 @@ class Experiment:
         declared = self._find_output(name)
         art = Artifact(name, loader=loader or (declared.loader if declared else None), step=step)
         art.producer = self.name
+        art.producer_root = self.store_plugin.root_dir
         return art
 
     # -- running ----------------------------------------------------------------------------
     def _alone(self) -> tuple[ExperimentGraph, str]:
         """This experiment as a one-node graph, and its name there."""
-        name = self.name
-        if name is None:
-            name = self.name = "experiment"
-        return ExperimentGraph(self, _standalone=True), name
+        return ExperimentGraph(self, _standalone=True), self.name
 
     def run(
         self, *, treatments: Iterable[Treatment] | None = None, replicates: int | None = None,
@@ -358,12 +397,14 @@ class ExperimentGraph:
     def _add_node(self, experiment: Experiment) -> None:
         if not isinstance(experiment, Experiment):
             raise TypeError(f"ExperimentGraph takes Experiment objects, got {experiment!r}")
-        if experiment.name is None:
-            raise GraphError(
-                f"unnamed experiment {experiment!r}: every experiment in a graph needs "
-                "Experiment(..., name='...')"
-            )
-        if experiment.name in self._experiments:
+        other = self._experiments.get(experiment.name)
+        if other is not None:
+            if experiment.named_by_default or other.named_by_default:
+                raise GraphError(
+                    f"two experiments would both be named {experiment.name!r} (an unnamed "
+                    "experiment is named after its datasource and steps); give them distinct "
+                    "names: Experiment(..., name='...')"
+                )
             raise GraphError(
                 f"two experiments are named {experiment.name!r}; names must be unique in a graph"
             )

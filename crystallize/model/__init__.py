@@ -4,11 +4,12 @@ they see, hypotheses, results, events and plugins.
 Depends only on fingerprinting and the exceptions; the running layer builds on it.
 """
 
+from ._analysis import uses_global_rng
 from ._artifacts import Artifact
 from ._context import RESERVED_KEYS, FrozenContext, reserved_key_message
 from ._datasources import DataSource, ExperimentInput, as_datasource, data_source
 from ._events import Event
-from ._hypotheses import Hypothesis, HypothesisResult, hypothesis, verifier
+from ._hypotheses import Hypothesis, HypothesisResult, Verifier, hypothesis, verifier
 from ._parameters import analyse_signature, is_artifact, type_mismatch
 from ._plugins import ArtifactPlugin, BasePlugin, LoggingPlugin, SeedPlugin
 from ._result import ConditionMetrics, ExperimentMetrics, Result
@@ -51,6 +52,7 @@ __all__ = [
     "Result",
     "SeedPlugin",
     "Treatment",
+    "Verifier",
     "analyse_signature",
     "as_datasource",
     "check_replicates",
@@ -65,5 +67,6 @@ __all__ = [
     "treatment",
     "type_mismatch",
     "unit_scope",
+    "uses_global_rng",
     "verifier",
 ]

@@ -52,6 +52,8 @@ class Artifact(DataSource):
         self.step = step
         #: Name of the experiment that publishes this artifact (set by ``Experiment``).
         self.producer: str | None = None
+        #: That experiment's store root (``ArtifactPlugin(root_dir=...)``), set with the name.
+        self.producer_root: Path | None = None
         self._sink: ArtifactSink | None = None
 
     # -- producing -------------------------------------------------------------------------

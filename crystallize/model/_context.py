@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ContextMutationError
 from ..store import unstorable_leaf
+from ._frozen import freeze
 
 _MISSING = object()
 #: Keys every unit sets itself; nothing else may set or replace them.
@@ -57,7 +59,10 @@ class FrozenContext(Mapping[str, Any]):
     Each unit (one condition, one replicate) gets its own context holding ``condition``,
     ``replicate``, ``seed``, the experiment's ``initial_ctx`` and the condition's treatment
     values. Steps may add keys (``ctx["x"] = 1`` or :meth:`add`) but an existing key can never be
-    replaced, so no step can silently change what a later step sees.
+    replaced, so no step can silently change what a later step sees; values are read-only all
+    the way down (or, for objects that cannot be made so, deep copies private to the unit), so
+    no in-place change reaches another step, unit or the experiment's ``initial_ctx`` either.
+    ``ctx.rng`` is a :class:`random.Random` seeded for the unit.
 
     Metrics are recorded with :meth:`record`; they end up in the unit's results.
 
@@ -65,14 +70,21 @@ class FrozenContext(Mapping[str, Any]):
     (a unit's constructor, and context managers for a treatment overlay and read tracking).
     """
 
-    __slots__ = ("_data", "_metrics", "_reads", "_overwrite_ok")
+    __slots__ = ("_data", "_metrics", "_reads", "_overwrite_ok", "_treated", "_treated_reads",
+                 "_rng")
 
     def __init__(self, initial: Mapping[str, Any] | None = None) -> None:
-        self._data: dict[str, Any] = dict(initial or {})
+        # Values are frozen (or privately copied) on the way in: no step can change, in place,
+        # what another step, unit or the experiment's initial_ctx sees.
+        self._data: dict[str, Any] = {k: freeze(v) for k, v in (initial or {}).items()}
         self._metrics: dict[str, Any] = {}
         # Keys read while a cacheable step runs: the step cache keys on exactly these.
         self._reads: set[str] | None = None
         self._overwrite_ok = False
+        # Keys the condition's treatment set, and those of them read so far.
+        self._treated: set[str] = set()
+        self._treated_reads: set[str] = set()
+        self._rng: random.Random | None = None
 
     @classmethod
     def _for_unit(
@@ -87,7 +99,7 @@ class FrozenContext(Mapping[str, Any]):
     @contextmanager
     def _treatment_overlay(self) -> Iterator[None]:
         """While open, keys may be replaced (a treatment overrides ``initial_ctx``), except the
-        reserved ones."""
+        reserved ones; every key set is the treatment's (:attr:`treated_keys`)."""
         self._overwrite_ok = True
         try:
             yield
@@ -112,7 +124,25 @@ class FrozenContext(Mapping[str, Any]):
             raise KeyError(f"context has no key {key!r} (keys: {known})") from None
         if self._reads is not None:
             self._reads.add(key)
+        if key in self._treated:
+            self._treated_reads.add(key)
         return value
+
+    @property
+    def treated_keys(self) -> frozenset[str]:
+        """Keys set by the running condition's treatment: they win over explicit parameters."""
+        return frozenset(self._treated)
+
+    def _unread_treated_keys(self) -> list[str]:
+        """Keys the treatment set that nothing has read yet."""
+        return sorted(self._treated - self._treated_reads)
+
+    @property
+    def rng(self) -> random.Random:
+        """A :class:`random.Random` seeded for this unit: the same draws on every executor."""
+        if self._rng is None:
+            self._rng = random.Random(self._data.get("seed", 0))
+        return self._rng
 
     def get(self, key: str, default: Any = None) -> Any:
         if key in self._data:
@@ -120,6 +150,8 @@ class FrozenContext(Mapping[str, Any]):
         return default
 
     def __contains__(self, key: object) -> bool:
+        if key in self._treated:
+            self._treated_reads.add(key)
         return key in self._data
 
     def __iter__(self) -> Iterator[str]:
@@ -136,7 +168,9 @@ class FrozenContext(Mapping[str, Any]):
                 f"context key {key!r} is already set to {self._data[key]!r}; keys can be added "
                 "but not overwritten. Store the new value under a new key."
             )
-        self._data[key] = value
+        if self._overwrite_ok:
+            self._treated.add(key)
+        self._data[key] = freeze(value)
 
     def add(self, key: str, value: Any) -> None:
         """Add ``key``; raises :class:`ContextMutationError` if it already exists."""
@@ -165,7 +199,8 @@ class FrozenContext(Mapping[str, Any]):
         return dict(self._metrics)
 
     def as_dict(self) -> dict[str, Any]:
-        """A plain copy of the context's values."""
+        """A plain copy of the context's values (which counts as reading every one)."""
+        self._treated_reads |= self._treated
         return dict(self._data)
 
     def __repr__(self) -> str:

@@ -30,6 +30,10 @@ class DataSource(ABC):
         """What the data depends on, for resume; subclasses refine it."""
         return value_fingerprint(type(self).__qualname__)
 
+    def context_keys(self) -> set[str] | None:
+        """Context keys this datasource can read (None: cannot tell); see :mod:`.analysis`."""
+        return set()
+
 
 class FunctionDataSource(Parametrised, DataSource):
     """A datasource made by :func:`data_source`: ``fn(ctx, **params)``."""
@@ -106,6 +110,15 @@ class ExperimentInput(DataSource):
             alias: as_datasource(src, what=f"ExperimentInput source {alias!r}")
             for alias, src in merged.items()
         }
+
+    def context_keys(self) -> set[str] | None:
+        keys: set[str] = set()
+        for src in self.sources.values():
+            more = src.context_keys()
+            if more is None:
+                return None
+            keys |= more
+        return keys
 
     def fetch(self, ctx: FrozenContext) -> dict[str, Any]:
         runtime = current_unit()

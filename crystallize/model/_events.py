@@ -16,6 +16,7 @@ EventKind = Literal[
     "skipped",  # an experiment was not run because an upstream failed (``reason``)
     "waiting",  # another process is computing the experiment; ``reason`` says who
     "worker_lost",  # a Dask worker was lost while it held a unit, re-run elsewhere (``worker``)
+    "warning",  # something a reader of the results must know (``reason``), e.g. a fallback
 ]
 
 
@@ -62,4 +63,6 @@ class Event:
             return f"{name}: FAILED: {self.error}"
         if self.kind == "waiting":
             return f"{name}: {self.reason}"
+        if self.kind == "warning":
+            return f"{name}: warning: {self.reason}"
         return f"{name}: skipped: {self.reason}"

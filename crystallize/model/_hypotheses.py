@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ class Verifier:
         self.fn = fn
         self.params = dict(params)
         self.name = fn.__name__
+
+    def parameter_names(self) -> set[str]:
+        """Its parameters after ``baseline`` and ``treatment``."""
+        return set(list(inspect.signature(self.fn).parameters)[2:])
 
     def __call__(self, baseline: Metrics, treatment: Metrics) -> dict[str, Any]:
         return dict(self.fn(baseline, treatment, **self.params))
@@ -65,7 +70,7 @@ class Hypothesis:
         *,
         verifier: Verifier | Callable[..., Mapping[str, Any]],
         metrics: str | Sequence[str] | None,
-        ranker: Callable[[Mapping[str, Any]], float] | None = None,
+        ranker: Callable[[Mapping[str, Any]], Any] | None = None,
         name: str | None = None,
     ) -> None:
         self.verifier = verifier
@@ -123,11 +128,20 @@ class Hypothesis:
                 random.setstate(state)
         if self.ranker is not None:
             scored = [
-                (float(self._call("ranker", self.ranker, res)), t)
+                (self._call("ranker", self.ranker, res), t)
                 for t, res in out.results.items()
                 if "error" not in res
             ]
-            out.ranking = [t for _, t in sorted(scored)]
+            try:
+                # One treatment needs no comparison, so a ranker's non-numeric value is fine.
+                ordered = sorted(scored) if len(scored) > 1 else scored
+            except TypeError as exc:
+                raise HypothesisError(
+                    f"{self.describe()}: its ranker returned values that cannot be ordered "
+                    f"({', '.join(f'{t}: {s!r}' for s, t in scored)}); return a number (lower "
+                    "ranks first)"
+                ) from exc
+            out.ranking = [t for _, t in ordered]
         else:
             out.ranking = list(out.results)
         return out

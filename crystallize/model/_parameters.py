@@ -1,4 +1,5 @@
-"""Parameters of steps and datasources: explicit values first, then the context, then defaults."""
+"""Parameters of steps and datasources: the treatment's value first, then the value passed
+explicitly, then the rest of the context, then the default."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fingerprint import code_fingerprint, value_fingerprint
+from ._analysis import context_reads
 from ._context import FrozenContext
 
 
@@ -153,10 +155,10 @@ def analyse_signature(fn: Callable[..., Any], leading: int) -> tuple[int, list[_
 class Parametrised:
     """A function plus the parameters given to its factory; resolves the rest from the context.
 
-    Shared by steps and datasources: parameters passed explicitly win; parameters not passed are
-    taken from the context by name (that is how treatment values reach them), then from their
-    defaults. A parameter annotated :class:`Artifact` receives the artifact it was given, or the
-    experiment output with the same name.
+    Shared by steps and datasources. Precedence, highest first: the running condition's treatment
+    value, the value passed to the factory, other context values (``initial_ctx``, keys added
+    by earlier steps), the default. A parameter annotated :class:`Artifact` receives the
+    artifact it was given, or the experiment output with the same name.
     """
 
     _leading = 1
@@ -195,6 +197,10 @@ class Parametrised:
                     raise TypeError(f"{self.name}: parameter {p.name!r} needs an artifact")
                 given = self.params.get(p.name)
                 kwargs[p.name] = bind(p.name, given if is_artifact(given) else None)
+            elif p.name in ctx.treated_keys:
+                # A treatment always reaches the parameter it names, even one passed explicitly
+                # (the explicit value is then the baseline's).
+                kwargs[p.name] = ctx[p.name]
             elif p.name in self.params:
                 kwargs[p.name] = self.params[p.name]
             elif p.name in ctx:
@@ -215,6 +221,16 @@ class Parametrised:
     @property
     def name(self) -> str:
         return self.fn.__name__
+
+    def context_keys(self) -> set[str] | None:
+        """Context keys this can read: its parameters and the keys its code reads from ``ctx``
+        (None where the code uses the context in a way that cannot be followed)."""
+        names = list(inspect.signature(self.fn).parameters)
+        ctx_param = names[self._leading - 1] if self.n_leading >= self._leading else None
+        reads = context_reads(self.fn, ctx_param)
+        if reads is None:
+            return None
+        return reads | {p.name for p in self._signature if not p.is_artifact}
 
     def leading_args(self, *candidates: Any) -> tuple[Any, ...]:
         """The positional arguments ``fn`` takes, from (data, ctx) or (ctx,)."""

@@ -103,7 +103,10 @@ class LoggingPlugin(BasePlugin):
         self.log_level = log_level
 
     def on_event(self, experiment: Experiment, event: Event) -> None:
-        log = logging.getLogger("crystallize")
+        log = _visible_logger(self.level)
+        if event.kind == "warning":
+            log.warning("%s", event.describe())
+            return
         if event.kind == "unit_finished":
             if not self.verbose:
                 return
@@ -120,6 +123,28 @@ class LoggingPlugin(BasePlugin):
         if event.kind == "decision" and not self.verbose:
             return
         log.log(self.level, "%s", event.describe())
+
+
+#: The handler a LoggingPlugin added because logging was not configured (at most one).
+_FALLBACK_HANDLER: logging.Handler | None = None
+
+
+def _visible_logger(level: int) -> logging.Logger:
+    """The ``crystallize`` logger, made to show ``level`` on stderr if logging is unconfigured.
+
+    Adding a LoggingPlugin is the request to see its messages, so in a plain script (no handler
+    anywhere, no level set) it gets a stderr handler; a program that configured logging keeps
+    full control.
+    """
+    global _FALLBACK_HANDLER
+    log = logging.getLogger("crystallize")
+    if _FALLBACK_HANDLER is None and not log.hasHandlers():
+        _FALLBACK_HANDLER = logging.StreamHandler(sys.stderr)
+        _FALLBACK_HANDLER.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(_FALLBACK_HANDLER)
+    if _FALLBACK_HANDLER in log.handlers and log.getEffectiveLevel() > level:
+        log.setLevel(level)
+    return log
 
 
 def _derive(master: int, replicate: int) -> int:

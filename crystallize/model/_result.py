@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,9 +16,24 @@ if TYPE_CHECKING:
 
 @dataclass
 class ConditionMetrics:
-    """Metrics of one condition: ``metrics[name]`` is a list with one value per replicate."""
+    """Metrics of one condition.
+
+    ``metrics[name]`` lists the values of the replicates that recorded ``name``, in replicate
+    order: a failed replicate contributes nothing, so ``mean()`` and verifiers never meet a
+    ``None``. ``by_replicate[r][name]`` holds the same values keyed by replicate, for paired
+    analyses (a replicate that recorded nothing maps to ``{}``).
+    """
 
     metrics: dict[str, list[Any]] = field(default_factory=dict)
+    by_replicate: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_replicates(cls, recorded: Sequence[Mapping[str, Any]]) -> ConditionMetrics:
+        """From what each replicate recorded, in replicate order."""
+        by_replicate = {r: dict(values) for r, values in enumerate(recorded)}
+        names = list(dict.fromkeys(n for values in recorded for n in values))
+        metrics = {n: [values[n] for values in recorded if n in values] for n in names}
+        return cls(metrics, by_replicate)
 
 
 @dataclass
@@ -36,9 +52,13 @@ class ExperimentMetrics:
 class Result:
     """What one experiment produced.
 
-    - ``metrics.baseline.metrics[name]`` / ``metrics.treatments[t].metrics[name]``: one value per
-      replicate, in replicate order (``None`` where that replicate failed);
-    - ``errors``: ``{"<condition>_rep_<r>": exception}`` for units that failed;
+    - ``metrics.baseline.metrics[name]`` / ``metrics.treatments[t].metrics[name]``: the values
+      of the replicates that recorded it, in replicate order (``.by_replicate[r]`` keeps the
+      replicate of each);
+    - ``errors``: ``{"<condition>_rep_<r>": exception}`` for units that failed, each carrying
+      the worker's traceback (:func:`~crystallize.errors.unit_traceback`);
+    - ``warnings``: what the run did that a reader of its numbers must know (a treatment read an
+      upstream's baseline, a treatment key no unit read, a global RNG under threads);
     - ``artifacts``: ``{file_name: {condition: [path per replicate]}}``;
     - ``provenance``: fingerprint parts, seeds, upstream versions, timings;
     - ``executed`` / ``resumed``: whether units ran in this call or it was loaded from the store
@@ -59,6 +79,7 @@ class Result:
     replicates: int = 0
     reused: list[str] = field(default_factory=list)
     failed: bool = False
+    warnings: list[str] = field(default_factory=list)
     #: per condition, its stored record (units with metrics, artifacts, errors)
     records: dict[str, ConditionRecord] = field(default_factory=dict, repr=False)
 

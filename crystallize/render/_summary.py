@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 import sys
-import traceback
 from collections.abc import Mapping, Sequence
 from statistics import fmean, stdev
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from ..errors import unit_traceback
 from ..model import Result
 
 #: ``--tb`` modes: ``None`` shows the first failed unit's traceback in full, the rest short.
@@ -85,7 +85,7 @@ def hypothesis_lines(result: Result) -> list[str]:
 
 def worker_traceback(error: BaseException) -> str:
     """The traceback a unit's error carries from the worker that raised it, in full."""
-    text = getattr(error, "traceback_text", "") or "".join(traceback.format_exception(error))
+    text = unit_traceback(error)
     if sys.version_info < (3, 11):  # format_exception shows exception notes from 3.11 on
         notes = [n for n in getattr(error, "__notes__", ()) if n not in text]
         text += "".join(f"{n}\n" for n in notes)

@@ -8,6 +8,7 @@ Works on the model (:mod:`crystallize.model`), persists through the store
 
 from ._configure import configure
 from ._executors import DaskExecutor, Executor, InlineExecutor, ProcessExecutor, ThreadExecutor
+from ._preflight import ReproducibilityWarning
 from ._scheduler import RunOptions, Scheduler
 from ._status import Status, experiment_status, treatment_labels, upstream_refs
 from ._unit import UnitRun, run_unit
@@ -17,6 +18,7 @@ __all__ = [
     "Executor",
     "InlineExecutor",
     "ProcessExecutor",
+    "ReproducibilityWarning",
     "RunOptions",
     "Scheduler",
     "Status",

@@ -9,7 +9,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,7 @@ import anyio
 import cloudpickle
 from filelock import FileLock, Timeout
 
-from ..errors import CorruptRecordError, PicklingError, UnitError
+from ..errors import CorruptRecordError, HypothesisError, PicklingError, UnitError
 from ..model import BASELINE, ConditionMetrics, Event, ExperimentMetrics, Result
 from ..store import (
     CACHE_DIR,
@@ -33,10 +33,10 @@ from ..store import (
     UnitRecord,
     UnitTiming,
     VersionMetadata,
-    VersionStatus,
     unusable_lock,
 )
 from ._executors import UnitJob
+from ._preflight import unread_key_warnings
 from ._resume import Plan, experiment_fingerprint, plan_run, treatment_fingerprint
 from ._unit import UnitOutcome, UnitTask, UpstreamView, arun_unit
 
@@ -53,10 +53,11 @@ UNIT_WINDOW = 4096
 class ExperimentRunFailed(Exception):
     """Internal: the experiment failed; carries its partial result to the scheduler."""
 
-    def __init__(self, cause: str, result: Result) -> None:
+    def __init__(self, cause: str, result: Result, error: BaseException) -> None:
         super().__init__(cause)
         self.cause = cause
         self.result = result
+        self.error = error
 
 
 async def acquire_lock(path: Path, on_wait: Callable[[], None]) -> FileLock:
@@ -107,14 +108,16 @@ def unit_record(outcome: UnitOutcome, seed: int) -> UnitRecord:
     timing = UnitTiming(outcome.worker, outcome.started, outcome.finished, outcome.attempts,
                         tuple(outcome.retried)) if outcome.started else None
     return UnitRecord(outcome.replicate, "failed" if error else "complete", seed,
-                      outcome.metrics, outcome.artifacts, error, timing)
+                      outcome.metrics, outcome.artifacts, error, timing,
+                      outcome.traceback if error else None)
 
 
 def condition_record(
     condition: str, seeds: list[int], outcomes: dict[int, UnitOutcome],
-    reused: ConditionRecord | None,
+    reused: ConditionRecord | None, later: list[str],
 ) -> ConditionRecord:
-    """A condition's record: executed units from ``outcomes``, complete ones from ``reused``."""
+    """A condition's record: executed units from ``outcomes``, complete ones from ``reused``,
+    and the warnings of both with those found after the units ran (``later``)."""
     units = []
     for r, seed in enumerate(seeds):
         if r in outcomes:
@@ -123,7 +126,9 @@ def condition_record(
             units.append(reused.units[r])
         else:
             units.append(UnitRecord(r, "never ran", seed))
-    return ConditionRecord(condition, tuple(units))
+    found = [*(reused.warnings if reused is not None else ()),
+             *(w for r in sorted(outcomes) for w in outcomes[r].warnings), *later]
+    return ConditionRecord(condition, tuple(units), tuple(dict.fromkeys(found)))
 
 
 def build_result(
@@ -135,19 +140,15 @@ def build_result(
     metrics = ExperimentMetrics()
     for cond in exp.conditions:
         record = records.get(cond)
-        stored = record.metrics() if record is not None else {}
-        values = {n: list(v[: exp.replicates]) for n, v in stored.items()}
+        values = ConditionMetrics.from_replicates(
+            [u.metrics for u in record.units[: exp.replicates]] if record is not None else [])
         if cond == BASELINE:
-            metrics.baseline = ConditionMetrics(values)
+            metrics.baseline = values
         else:
-            metrics.treatments[cond] = ConditionMetrics(values)
+            metrics.treatments[cond] = values
     if exp.hypotheses and not failed:
-        def clean(m: dict[str, list[Any]]) -> dict[str, list[Any]]:
-            return {k: [x for x in v if x is not None] for k, v in m.items()}
-
-        base = clean(metrics.baseline.metrics)
-        treat = {t: clean(c.metrics) for t, c in metrics.treatments.items()}
-        metrics.hypotheses = [h.evaluate(base, treat) for h in exp.hypotheses]
+        treat = {t: c.metrics for t, c in metrics.treatments.items()}
+        metrics.hypotheses = [h.evaluate(metrics.baseline.metrics, treat) for h in exp.hypotheses]
     artifacts: dict[str, dict[str, list[Path | None]]] = {}
     for cond, record in records.items():
         for name, rels in record.artifact_paths().items():
@@ -158,6 +159,7 @@ def build_result(
         experiment=exp.name or "", metrics=metrics, errors=errors, artifacts=artifacts,
         provenance=provenance, executed=executed, version=version, version_dir=version_dir,
         reason=reason, replicates=exp.replicates, reused=reused, failed=failed,
+        warnings=[w for c in exp.conditions if c in records for w in records[c].warnings],
     )
     result.records = records
     return result
@@ -172,6 +174,8 @@ def upstream_view(result: Result) -> UpstreamView:
         replicates=result.replicates,
         artifacts={c: {n: list(v[: result.replicates]) for n, v in r.artifact_paths().items()}
                    for c, r in result.records.items()},
+        errors={c: {str(k): v for k, v in r.errors().items()}
+                for c, r in result.records.items() if r.errors()},
     )
 
 
@@ -219,7 +223,7 @@ class ExperimentRun:
                 continue
             result = self.inputs.upstream_results.get(producer)
             if result is None:
-                result = self._load_external(producer)
+                result = self._load_external(producer, art.producer_root)
                 if result is None:
                     continue  # fetch() will report the missing run with the path
             views[producer] = upstream_view(result)
@@ -229,9 +233,10 @@ class ExperimentRun:
                 origins.setdefault(cond, {})[producer] = origins_of.get(read, "missing")
         return views, origins
 
-    def _load_external(self, producer: str) -> Result | None:
-        """An upstream outside the graph (standalone ``Experiment.run``): its newest run on disk."""
-        store = ExperimentStore(self.store.root, producer)
+    def _load_external(self, producer: str, root: Path | None) -> Result | None:
+        """An upstream outside the graph (standalone ``Experiment.run``): its newest run on disk,
+        in the producer's own store root (this experiment's when the producer's is unknown)."""
+        store = ExperimentStore(self.store.root if root is None else root.resolve(), producer)
         stored = self._claim_newest(store).version
         return None if stored is None else load_stored_result(stored)
 
@@ -348,21 +353,24 @@ class ExperimentRun:
         errors: dict[str, BaseException] = {}
         for cond in exp.conditions:
             mine = outcomes.get(cond, {})
-            records[cond] = condition_record(cond, seeds, mine, reused.get(cond))
+            unread = unread_key_warnings(exp, cond, mine.values())
+            for warning in unread:
+                inputs.emit(exp, Event("warning", name, condition=cond, reason=warning))
+            records[cond] = condition_record(cond, seeds, mine, reused.get(cond), unread)
             errors.update((o.key, o.error) for o in mine.values() if o.error is not None)
         executed_units = [o for per in outcomes.values() for o in per.values()]
         failed = bool(executed_units) and all(o.error is not None for o in executed_units) \
             and not plan.reuse
+        failure: tuple[str, BaseException] | None = None
         if failed:
             first = next(iter(errors.values()))
-            cause = (f"all {len(executed_units)} unit(s) failed; first error: "
-                     f"{type(first).__name__}: {first}")
+            failure = (f"all {len(executed_units)} unit(s) failed; first error: "
+                       f"{type(first).__name__}: {first}", first)
         else:
             recorded = {m for record in records.values() for m in record.metrics()}
             cause = next(filter(None, (h.unrecorded(recorded) for h in exp.hypotheses)), "")
-            failed = bool(cause)
-        status: VersionStatus = "failed" if failed else (
-            "complete" if all(r.state == "complete" for r in records.values()) else "partial")
+            if cause:
+                failure = (cause, HypothesisError(cause))
         finished = time.time()
         stored_conditions = plan.source.metadata.conditions if plan.source else {}
 
@@ -376,10 +384,12 @@ class ExperimentRun:
                 executed_replicates=tuple(sorted(mine)), results=results,
             )
 
-        def write() -> tuple[StoredVersion, Removal]:
+        def write_conditions() -> VersionMetadata:
             written = {c: writer.finish_condition(r) for c, r in records.items()}
-            metadata = VersionMetadata(
-                experiment=name, version=writer.number, status=status,
+            return VersionMetadata(
+                experiment=name, version=writer.number,
+                status="complete" if all(r.state == "complete" for r in records.values())
+                else "partial",
                 replicates=exp.replicates,
                 conditions={c: condition_meta(c, f) for c, f in written.items()},
                 fingerprint=fingerprint,
@@ -393,29 +403,49 @@ class ExperimentRun:
                 },
                 host=socket.gethostname(), pid=os.getpid(), run=inputs.run_id,
             )
-            stored = writer.publish(metadata)  # last: only now is the version visible
-            if failed:
-                return stored, Removal()
+
+        metadata = await anyio.to_thread.run_sync(write_conditions)
+        reused_conditions = [c for c in plan.reuse if c not in outcomes]
+        result: Result | None = None
+        if failure is None:
+            # Hypotheses and plugins run before the version is published: if a verifier, a
+            # ranker or a plugin fails, nothing is left marked complete for resume to trust.
+            try:
+                result = build_result(
+                    exp, writer.number, writer.path, records, executed=True, errors=errors,
+                    provenance=_provenance(metadata), reason=plan.reason,
+                    reused=reused_conditions,
+                )
+                for plugin in exp.plugins:
+                    plugin.after_run(exp, result)
+            except Exception as exc:
+                failure = (f"failed after its units ran: {type(exc).__name__}: {exc}", exc)
+        if failure is not None:
+            metadata = replace(metadata, status="failed")
+
+        def publish() -> Removal:
+            writer.publish(metadata)  # last: only now is the version visible
+            if failure is not None:
+                return Removal()
             # This run is done reading the versions it replaces: its claims must not keep them.
             book.release_replaced(self.store.name, writer.number)
             # Older versions may go only once a newer one is published; same thread hop.
-            return stored, self.store.prune()
+            return self.store.prune()
 
-        stored, retired = await anyio.to_thread.run_sync(write)
+        retired = await anyio.to_thread.run_sync(publish)
         for note in retired.skipped:
             warnings.warn(f"{self.store.dir}: {note}", StoreWarning, stacklevel=1)
-        result = build_result(
-            exp, writer.number, writer.path, records, executed=True, errors=errors,
-            provenance=_provenance(stored.metadata), reason=plan.reason,
-            reused=[c for c in plan.reuse if c not in outcomes], failed=failed,
-        )
-        if failed:
-            raise ExperimentRunFailed(cause, result)
         inputs.discard(retired.trash)
+        if failure is not None:
+            partial = build_result(
+                exp, writer.number, writer.path, records, executed=True, errors=errors,
+                provenance=_provenance(metadata), reason=plan.reason, reused=reused_conditions,
+                failed=True,
+            )
+            raise ExperimentRunFailed(failure[0], partial, failure[1])
+        assert result is not None
         inputs.emit(exp, Event("finished", name, version=writer.number,
                                duration=finished - started))
-        for plugin in exp.plugins:
-            plugin.after_run(exp, result)
         return result
 
     async def _dispatch(
@@ -466,6 +496,9 @@ class ExperimentRun:
                 ))
                 if error is not None and inputs.stop is not None:
                     inputs.stop(exp, f"{outcome.condition} rep {outcome.replicate}", error)
+                for warning in outcome.warnings:
+                    inputs.emit(exp, Event("warning", name, condition=outcome.condition,
+                                           replicate=outcome.replicate, reason=warning))
         return outcomes
 
 
@@ -488,8 +521,12 @@ def load_stored_result(stored: StoredVersion) -> Result | None:
     for cond in stored.metadata.conditions:
         try:
             records[cond] = stored.condition_record(cond)
-        except CorruptRecordError:
-            continue  # its artifacts are not trusted; fetch() reports the condition missing
+        except CorruptRecordError as exc:
+            # The producer ran this condition: its consumers must fail, never read the
+            # baseline in its place as if it had never run.
+            records[cond] = ConditionRecord(cond, tuple(
+                UnitRecord(r, "failed", error=f"its stored record cannot be trusted ({exc})")
+                for r in range(stored.metadata.replicates)))
     if BASELINE not in records:
         return None
     result = Result(

@@ -35,8 +35,9 @@ from ..fingerprint import snapshot
 from ..model import Event, Treatment, check_replicates, check_strategy
 from ..store import LeaseBook
 from ._configure import configure
-from ._executors import Executor, UnitJob, resolve_executor
+from ._executors import Executor, ThreadExecutor, UnitJob, resolve_executor
 from ._node import ExperimentRun, ExperimentRunFailed, NodeInputs
+from ._preflight import check_treatment_keys, global_rng_warnings
 from ._unit import UnitOutcome
 
 if TYPE_CHECKING:
@@ -101,6 +102,8 @@ class Scheduler:
         self.run_id = uuid.uuid4().hex
         self.results: dict[str, Result] = {}
         self.failures: dict[str, str] = {}
+        #: the exception behind each failure, for ``ExperimentFailedError.__cause__``
+        self._causes: dict[str, BaseException] = {}
         self._done = {name: anyio.Event() for name in graph.experiments}
         self._configured = configure(
             graph, treatments=options.treatments, replicates=options.replicates,
@@ -260,10 +263,12 @@ class Scheduler:
             except ExperimentRunFailed as exc:
                 self.results[name] = exc.result
                 self.failures[name] = exc.cause
+                self._causes[name] = exc.error
                 self.emit(exp, Event("failed", name, error=exc.cause))
             except Exception as exc:
                 cause = f"{type(exc).__name__}: {exc}"
                 self.failures[name] = cause
+                self._causes[name] = exc
                 self.emit(exp, Event("failed", name, error=cause))
         finally:
             self._done[name].set()
@@ -282,6 +287,14 @@ class Scheduler:
         self._check_store_roots()
         self._rank_nodes()
         order = self.graph.topological_order()
+        configured = self._configured
+        check_treatment_keys(configured)  # before anything runs
+        rng_warnings = global_rng_warnings(configured.values(), isinstance(self.executor,
+                                                                           ThreadExecutor))
+        for name, warning in rng_warnings.items():
+            self.emit(configured[name], Event("warning", name, reason=warning))
+        if self._callback_error is not None:
+            raise self._callback_error
         try:
             # Nothing is edited mid-run, so each step function is fingerprinted once per run.
             with snapshot(), anyio.CancelScope() as self._scope:
@@ -308,7 +321,11 @@ class Scheduler:
             for name in order:
                 if name not in self.results and name not in self.failures:
                     self.failures[name] = self.stopped
+        for name, warning in rng_warnings.items():
+            if name in results:
+                results[name].warnings.insert(0, warning)
         if self.failures:
-            raise ExperimentFailedError(self.failures, results)
+            first = next((self._causes[n] for n in order if n in self._causes), None)
+            raise ExperimentFailedError(self.failures, results) from first
         return results
 

@@ -6,9 +6,11 @@ event loop), so everything it receives and returns is picklable and self-contain
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
+import re
 import signal
 import socket
 import threading
@@ -23,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import cloudpickle
 
-from ..errors import MissingArtifactError, PicklingError, UnitError
+from ..errors import (
+    MissingArtifactError,
+    PicklingError,
+    RemoteTraceback,
+    UnitError,
+    UpstreamFailedError,
+)
 from ..model import BASELINE, FrozenContext, is_artifact, unit_scope
 from ..store import FileRecord, atomic_write
 
@@ -42,6 +50,8 @@ class UpstreamView:
     replicates: int
     #: condition -> artifact file name -> relative path per replicate (None where missing)
     artifacts: dict[str, dict[str, list[str | None]]]
+    #: condition -> replicate -> why that upstream unit failed
+    errors: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,10 @@ class UnitOutcome:
     attempts: int = 1
     #: the errors of the attempts that failed before the last one, as ``Type: message``
     retried: list[str] = field(default_factory=list)
+    #: what a reader of this unit's numbers must know (surfaced in ``Result.warnings``)
+    warnings: list[str] = field(default_factory=list)
+    #: keys the condition's treatment set that this unit never read
+    unread: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -126,33 +140,50 @@ class UnitRun:
                 producer=artifact.producer,
             )
         condition = self.task.condition
-        if artifact.name not in view.artifacts.get(condition, {}):
-            if condition != BASELINE:
-                self.outcome.notes.append(
-                    f"{view.experiment} has no condition {condition!r}; "
-                    f"reading its baseline {artifact.name}"
-                )
-            condition = BASELINE
         rep = self.task.replicate % view.replicates
+        if condition not in view.artifacts:
+            # Only a condition the producer never had falls back; one it ran is never replaced.
+            path = self._upstream_file(view, BASELINE, rep, artifact)
+            # One message for all replicates of the condition (they differ only in replicate_N).
+            shown = Path(view.path) / re.sub(r"^replicate_\d+", "replicate_*",
+                                             str(path.relative_to(view.path)))
+            self.outcome.warnings.append(
+                f"{self.experiment.name} [{condition}]: {view.experiment} v{view.version} has no "
+                f"condition {condition!r}; read its baseline's {artifact.name} instead ({shown})"
+            )
+            return path
+        return self._upstream_file(view, condition, rep, artifact)
+
+    def _upstream_file(
+        self, view: UpstreamView, condition: str, rep: int, artifact: Artifact
+    ) -> Path:
+        per_rep = view.artifacts.get(condition, {}).get(artifact.name)
+        rel = per_rep[rep] if per_rep is not None and rep < len(per_rep) else None
+        if rel is not None:
+            return Path(view.path) / rel
         # Where the producer would have written it; * stands for the step that never did.
         missing = (Path(view.path) / f"replicate_{rep}" / condition / (artifact.step or "*")
                    / artifact.name)
-        per_rep = view.artifacts.get(condition, {}).get(artifact.name)
+        why = view.errors.get(condition, {}).get(str(rep))
+        if why is not None:
+            raise UpstreamFailedError(
+                f"upstream {view.experiment} v{view.version}: its unit {condition}_rep_{rep} "
+                f"failed ({why}), so it wrote no {artifact.name!r} for this unit to read "
+                f"(missing path: {missing}). Fix {view.experiment} and run it again",
+                producer=view.experiment, path=missing,
+            )
         if per_rep is None:
             raise MissingArtifactError(
-                f"{view.experiment} v{view.version} has no artifact {artifact.name!r} "
-                f"(missing path: {missing}); check that a step of {view.experiment} writes it",
+                f"{view.experiment} v{view.version} has no artifact {artifact.name!r} for "
+                f"condition {condition!r} (missing path: {missing}); check that a step of "
+                f"{view.experiment} writes it",
                 producer=view.experiment, path=missing,
             )
-        rel = per_rep[rep] if rep < len(per_rep) else None
-        if rel is None:
-            raise MissingArtifactError(
-                f"{view.experiment} v{view.version}: replicate {rep} of {condition} wrote no "
-                f"{artifact.name!r} (missing path: {missing}; that unit failed or skipped the "
-                "write)",
-                producer=view.experiment, path=missing,
-            )
-        return Path(view.path) / rel
+        raise MissingArtifactError(
+            f"{view.experiment} v{view.version}: replicate {rep} of {condition} wrote no "
+            f"{artifact.name!r} (missing path: {missing}; its step skipped the write)",
+            producer=view.experiment, path=missing,
+        )
 
     def check_replicates_agree(self, artifacts: list[Artifact]) -> None:
         seen: dict[str, int] = {}
@@ -273,12 +304,18 @@ class UnitRun:
                 f"{where} {what}, which ends only this unit; to fail a unit, raise an exception"
             )
             exc.__cause__ = cause
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        # On the exception itself, so the text crosses a process boundary with it (pickling
+        # keeps an exception's attributes but drops its frames).
+        with contextlib.suppress(AttributeError, TypeError):
+            exc.traceback_text = text  # type: ignore[attr-defined]
         self.outcome.error = _portable(exc)
-        self.outcome.traceback = "".join(traceback.format_exception(exc))
+        self.outcome.traceback = text
 
     def finish(self, ctx: FrozenContext | None) -> UnitOutcome:
         if ctx is not None:
             self.outcome.metrics = ctx.metrics
+            self.outcome.unread = ctx._unread_treated_keys()
         self.outcome.wall = time.perf_counter() - self.started
         self.outcome.cpu = time.thread_time() - self._c0
         self.outcome.finished = time.time()
@@ -487,6 +524,12 @@ def _packed(experiment: Experiment, outcome: UnitOutcome) -> bytes:
 
 
 def unpack_outcome(data: bytes) -> UnitOutcome:
-    """A :class:`UnitOutcome` a worker returned from :func:`run_pickled_units`."""
+    """A :class:`UnitOutcome` a worker returned from :func:`run_pickled_units`.
+
+    An error's frames stay in the worker; its traceback text becomes the ``__cause__`` (as
+    :mod:`concurrent.futures` does), so printing the error shows where it was raised.
+    """
     outcome: UnitOutcome = pickle.loads(data)
+    if outcome.error is not None and outcome.traceback:
+        outcome.error.__cause__ = RemoteTraceback(outcome.traceback)
     return outcome

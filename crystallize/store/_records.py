@@ -348,14 +348,18 @@ class UnitRecord:
     error: str | None = None
     #: for a unit this version executed (a reused one keeps the run's that computed it)
     timing: UnitTiming | None = None
+    #: the failed unit's traceback, as the worker formatted it
+    traceback: str | None = None
 
 
 @dataclass(frozen=True)
 class ConditionRecord:
-    """A condition's ``results.json``: one :class:`UnitRecord` per replicate, in order."""
+    """A condition's ``results.json``: one :class:`UnitRecord` per replicate, in order, and
+    what a reader of its numbers must know (``warnings``: a fallback, a treatment key unread)."""
 
     condition: str
     units: tuple[UnitRecord, ...]
+    warnings: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -402,6 +406,9 @@ class ConditionRecord:
                           for u in self.units] for n in artifacts},
             "errors": {str(u.replicate): u.error for u in self.units if u.error is not None},
             "timings": [None if u.timing is None else u.timing.to_json() for u in self.units],
+            "tracebacks": {str(u.replicate): u.traceback for u in self.units
+                           if u.traceback is not None},
+            "warnings": list(self.warnings),
         })
 
     @classmethod
@@ -417,6 +424,11 @@ class ConditionRecord:
         metrics, recorded = r.sub("metrics"), r.sub("recorded")
         files, errors = r.sub("files"), r.strings("errors")
         timings = r.get("timings", list, [None] * n)  # absent in records written before them
+        # Both absent in records written before them.
+        tracebacks = r.strings("tracebacks") if "tracebacks" in r.obj else {}
+        warnings = r.get("warnings", list, [])
+        if not all(isinstance(w, str) for w in warnings):
+            r.fail("warnings", "expected a list of strings")
         for key, column in (("states", states), ("seeds", seeds), ("timings", timings)):
             if len(column) != n:
                 r.fail(key, f"expected {n} entries (one per replicate), got {len(column)}")
@@ -443,8 +455,8 @@ class ConditionRecord:
             timing = None if timings[rep] is None else UnitTiming.read(
                 _Reader(path, timings[rep], f"timings[{rep}]"))
             units.append(UnitRecord(rep, states[rep], seeds[rep], values, arts,
-                                    errors.get(str(rep)), timing))
-        return cls(r.get("condition", str), tuple(units))
+                                    errors.get(str(rep)), timing, tracebacks.get(str(rep))))
+        return cls(r.get("condition", str), tuple(units), tuple(warnings))
 
     def side_files(self) -> list[FileRecord]:
         """The side files its values live in."""
