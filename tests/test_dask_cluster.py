@@ -361,13 +361,9 @@ def test_worker_blind_to_the_store_gets_no_unit_then_the_run_is_refused(
             out, err = run.communicate(timeout=PATIENCE)
         finally:
             stop(run)
-        assert run.returncode in (0, 1), out + err
-        out = " ".join(out.split())
-        if "cannot see" in out:  # units handed to it failed, named, none counted complete
-            assert f"worker {blind} joined the cluster during the run but cannot see the " \
-                "store" in out
-        else:  # it was handed no unit: all ran where the store is seen
-            assert unit_pids(resumed_locally(root)) <= seeing
+        assert run.returncode == 0, out + err
+        # Units handed to the blind worker came back unrun and went to the other one.
+        assert unit_pids(resumed_locally(root)) <= seeing
         # The next run finds the blind worker among the workers and refuses to start.
         refused = cli("run", str(root), "--scheduler", own_cluster.address, cwd=project)
     err = " ".join(refused.stderr.split())

@@ -302,20 +302,26 @@ class ClusterWatch:
 
 def run_units_on_worker(
     key: str, blob: bytes, tasks: list[UnitTask], check: str | None,
-) -> tuple[str, list[bytes]]:
+) -> tuple[str, list[bytes] | str]:
     """The Dask task of a batch: the worker's address, and the units' packed outcomes.
 
-    ``check`` names the run's :class:`StoreCheck`: a worker that failed it runs nothing.
+    ``check`` names the run's :class:`StoreCheck`: a worker that failed it runs nothing and
+    returns what it cannot see instead, so that the client sends the units elsewhere.
     """
     address = get_worker().address
     problem = _BLIND.get(check or "")
     if problem is not None:
-        raise ClusterError(
-            f"worker {address} joined the cluster during the run but cannot see the store "
-            f"({problem}), so it ran none of these units. Put the store on a filesystem every "
-            "worker mounts, at the same path, or stop that worker"
-        )
+        return address, problem
     return address, run_pickled_units(key, blob, tasks)
+
+
+def blind_worker_error(worker: str, problem: str) -> ClusterError:
+    """The error of units that only a worker blind to the store was there to run."""
+    return ClusterError(
+        f"worker {worker} joined the cluster during the run but cannot see the store "
+        f"({problem}), and no other worker took these units, so they did not run. Put the "
+        "store on a filesystem every worker mounts, at the same path, or stop that worker"
+    )
 
 
 def check_outputs_visible(outcome: UnitOutcome, task: UnitTask, worker: str) -> None:

@@ -361,6 +361,10 @@ class ProcessExecutor(Executor):
             alone.shutdown(wait=False, cancel_futures=True)
 
 
+#: How many times a batch is sent again after landing on a worker blind to the store.
+BLIND_RETRIES = 3
+
+
 class DaskExecutor(Executor):
     """Runs units on a ``dask.distributed`` cluster.
 
@@ -397,6 +401,8 @@ class DaskExecutor(Executor):
         self._probe: Any = None
         self._watch: Any = None
         self._quarantine: anyio.Lock  # made per run, in __aenter__
+        #: workers that joined mid-run blind to the store, and what they could not see
+        self._blind: dict[str, str] = {}
 
     async def __aenter__(self) -> DaskExecutor:
         try:
@@ -409,6 +415,7 @@ class DaskExecutor(Executor):
             ) from exc
         self._watch = dc.ClusterWatch()
         self._quarantine = anyio.Lock()
+        self._blind = {}
         if self.client is None:
             target = self._target = dc.resolve_target(self.address, self.scheduler_file)
             if target is None:
@@ -477,16 +484,27 @@ class DaskExecutor(Executor):
 
         first = jobs[0]
         check = self._probe.plugin_name if self._probe is not None else None
-        fut = self.client.submit(dc.run_units_on_worker, first.key, first.pickled(),
-                                 [j.task for j in jobs], check, pure=False)
-        try:
-            await wait_done(fut)
-            # Fetching the result is a trip to the worker that holds it, and it waits while
-            # Dask recomputes a result lost with its worker: not on the event loop.
-            worker, packed = await anyio.to_thread.run_sync(fut.result)
-        except KilledWorker as exc:
-            raise _Killed(exc, lost + self._watch.lost_during(fut.key)) from None
-        lost = lost + self._watch.lost_during(fut.key)
+        for _ in range(BLIND_RETRIES):
+            # Workers found blind to the store are avoided where any other one is there.
+            seeing = [w for w in self.client.scheduler_info().get("workers", {})
+                      if w not in self._blind] if self._blind else []
+            fut = self.client.submit(
+                dc.run_units_on_worker, first.key, first.pickled(), [j.task for j in jobs],
+                check, pure=False, workers=seeing or None, allow_other_workers=bool(seeing))
+            try:
+                await wait_done(fut)
+                # Fetching the result is a trip to the worker that holds it, and it waits while
+                # Dask recomputes a result lost with its worker: not on the event loop.
+                worker, packed = await anyio.to_thread.run_sync(fut.result)
+            except KilledWorker as exc:
+                raise _Killed(exc, lost + self._watch.lost_during(fut.key)) from None
+            lost = lost + self._watch.lost_during(fut.key)
+            if not isinstance(packed, str):
+                break
+            self._blind[worker] = packed
+        else:
+            error = dc.blind_worker_error(worker, packed)
+            return [UnitOutcome(j.task.condition, j.task.replicate, error=error) for j in jobs]
         outcomes = [unpack_outcome(p) for p in packed]
         for job, outcome in zip(jobs, outcomes, strict=True):
             outcome.lost_workers = lost
