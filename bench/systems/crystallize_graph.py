@@ -15,6 +15,7 @@ from typing import Any
 
 import crystallize as cz
 from bench.systems import Outcome, RunSpec
+from bench.systems.dask_graph import cluster_client
 from bench.workloads import Workload, sleep_body, unit_body
 
 
@@ -152,9 +153,18 @@ def _check(spec: RunSpec, results: dict[str, Any]) -> float:
 
 
 def run(spec: RunSpec) -> Outcome:
+    if spec.variant != "dask":
+        return _run(spec, _run_kwargs(spec))
+    with cluster_client(spec.cores) as (client, startup):
+        kwargs = {**_run_kwargs(spec), "executor": cz.DaskExecutor(client)}
+        outcome = _run(spec, kwargs)
+    outcome.extra["startup_s"] = startup
+    return outcome
+
+
+def _run(spec: RunSpec, kwargs: dict[str, Any]) -> Outcome:
     framework = _framework(spec)
     experiments = build(spec)
-    kwargs = _run_kwargs(spec)
     if len(experiments) == 1:
         # A lone experiment is what a user runs directly, without a graph.
         t0 = time.perf_counter()
