@@ -211,7 +211,7 @@ class StoreCheck(WorkerPlugin):
     """Checks the probe files on a worker when registered, and on every worker that joins
     later before it takes any task (Dask runs a plugin's setup before it handles the
     scheduler's messages); a worker that cannot see them runs no unit of this run
-    (:func:`run_units_on_worker` refuses)."""
+    (:func:`run_units_on_worker` hands them back unrun)."""
 
     def __init__(self, name: str, probes: list[tuple[str, str]]) -> None:
         self.name = name
@@ -290,9 +290,12 @@ class ClusterWatch:
         if not isinstance(msg, dict) or msg.get("action") != "remove-worker" or \
                 msg.get("expected"):
             return
+        # Other clients' tasks on a shared cluster are none of this run's business.
+        ours = [str(k) for k in msg.get("processing-tasks", ())
+                if str(k).startswith(run_units_on_worker.__name__)]
         with self._lock:
-            for key in msg.get("processing-tasks", ()):
-                self._lost.setdefault(str(key), []).append(str(msg.get("worker")))
+            for key in ours:
+                self._lost.setdefault(key, []).append(str(msg.get("worker")))
 
     def lost_during(self, key: str) -> list[str]:
         """The workers lost while they held task ``key`` (forgets them)."""
