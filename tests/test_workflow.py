@@ -123,6 +123,17 @@ def test_fail_fast_stops_the_run_at_the_first_failed_unit(tmp_path: Path) -> Non
         assert ExperimentStore(tmp_path / "data", name).newest_complete() is None
 
 
+def test_fail_fast_from_the_command_line(dag: Path) -> None:
+    _failing_consumer(dag)
+    result = cli("run", "dag", "--fail-fast", "--workers", "1", cwd=dag.parent)
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = " ".join(result.stdout.split())
+    # The first failed unit ended the run: the cause names it, not "all 6 unit(s) failed".
+    assert re.search(r"consumer: (baseline|double) rep \d failed: ValueError: boom", out), out
+    assert "all 6 unit(s) failed" not in out
+    assert ExperimentStore(dag.parent / "data", "consumer").newest_complete() is None
+
+
 def test_without_fail_fast_every_branch_that_can_runs(tmp_path: Path) -> None:
     plugin = crystallize.ArtifactPlugin(root_dir=str(tmp_path / "data"))
     with pytest.raises(ExperimentFailedError) as caught:
