@@ -1,8 +1,9 @@
 """Graphviz diagrams of an :class:`~crystallize.ExperimentGraph`.
 
 Each node shows the experiment's name, replicates, treatments (inherited ones included, as a
-run would use them) and its state in the store (see :mod:`crystallize.status`); each edge is
-labelled with the artifacts that flow along it. Rendering needs Graphviz's ``dot`` binary;
+run would use them) and its state in the store (see
+:func:`~crystallize.running.experiment_status`); each edge is labelled with the artifacts that
+flow along it. Rendering needs Graphviz's ``dot`` binary;
 without it the :class:`graphviz.Digraph` is still built and its DOT source can be written.
 """
 
