@@ -10,8 +10,6 @@ import asyncio
 import copy
 import functools
 import graphlib
-import re
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +24,6 @@ from ..model import (
     ArtifactPlugin,
     BasePlugin,
     DataSource,
-    ExperimentInput,
     Hypothesis,
     Pipeline,
     SeedPlugin,
@@ -41,6 +38,8 @@ from ..model import (
 )
 from ..running import RunOptions, Scheduler
 from ..store import path_name_problem
+from ._arguments import as_treatments, default_name
+from ._event_loop import refuse_inside_event_loop
 from ._folders import folder_loaders
 
 if TYPE_CHECKING:
@@ -49,42 +48,6 @@ if TYPE_CHECKING:
 
     from ..model import Event, Result
     from ..running import Executor
-
-
-def _as_treatments(treatments: Any, where: str) -> list[Treatment]:
-    if treatments is None:
-        return []
-    if isinstance(treatments, Mapping):
-        treatments = [
-            v if isinstance(v, Treatment) else Treatment(k, v) for k, v in treatments.items()
-        ]
-    items = list(treatments)
-    for t in items:
-        if not isinstance(t, Treatment):
-            raise TypeError(f"{where}: treatments must be Treatment objects, got {t!r}")
-    names = [t.name for t in items]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"{where}: treatment name(s) {dupes} given more than once")
-    return items
-
-
-def _source_label(source: DataSource) -> str:
-    if isinstance(source, Artifact):
-        return Path(source.name).stem
-    if isinstance(source, ExperimentInput):
-        return "_".join(source.sources)
-    fn = getattr(source, "fn", None)
-    return getattr(fn, "__name__", None) or type(source).__name__.lower()
-
-
-def default_name(datasource: DataSource, pipeline: Pipeline) -> str:
-    """An unnamed experiment's name: its datasource and steps, ``numbers-scale-total``.
-
-    Built from names, not code, so editing a step's body keeps the name (and the store).
-    """
-    parts = [_source_label(datasource)] + [step.fn.__name__ for step in pipeline.steps]
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", "-".join(parts)).strip("_") or "experiment"
 
 
 class Experiment:
@@ -117,7 +80,7 @@ class Experiment:
         where = f"experiment {name!r}" if name else "experiment"
         self.datasource = as_datasource(datasource, what=f"{where}: datasource")
         self.pipeline = pipeline if isinstance(pipeline, Pipeline) else Pipeline(pipeline)
-        self.treatments = _as_treatments(treatments, where)
+        self.treatments = as_treatments(treatments, where)
         for t in self.treatments:
             mismatch = t.type_mismatch(self.pipeline.steps)
             if mismatch:
@@ -565,7 +528,7 @@ class ExperimentGraph:
         attached; by default every branch that can still run does, while ``fail_fast=True``
         stops the run at the first failed unit.
         """
-        _refuse_inside_event_loop()
+        refuse_inside_event_loop()
         call = functools.partial(
             self.arun, treatments=treatments, replicates=replicates, strategy=strategy,
             executor=executor, max_workers=max_workers, on_event=on_event, force=force,
@@ -609,30 +572,3 @@ class ExperimentGraph:
     ) -> graphviz.Digraph:
         """Load a folder graph with :meth:`from_yaml` and :meth:`visualize` it."""
         return cls.from_yaml(config).visualize(path=path, format=format, **options)
-
-
-def _refuse_inside_event_loop() -> None:
-    library = _running_event_loop()
-    if library is None:
-        return
-    raise RuntimeError(
-        f"run() was called inside a running {library} event loop, where it cannot block; "
-        "use `await graph.arun(...)` (or `await experiment.arun(...)`) instead"
-    )
-
-
-def _running_event_loop() -> str | None:
-    """The event loop library running in this thread, if any.
-
-    A trio run has always imported trio, so looking it up in ``sys.modules`` answers without
-    importing it (or sniffio, which anyio no longer brings).
-    """
-    try:
-        asyncio.get_running_loop()
-        return "asyncio"
-    except RuntimeError:
-        pass
-    trio = sys.modules.get("trio")
-    if trio is not None and trio.lowlevel.in_trio_run():
-        return "trio"
-    return None
