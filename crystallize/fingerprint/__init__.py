@@ -22,7 +22,11 @@ framework itself is treated as a fixed dependency and never contributes its sour
 
 
 from ._api import code_fingerprint, code_fingerprint_parts, value_fingerprint
+from ._code import known_code, load_known_code
 from ._encoding import combine
 from ._walker import snapshot
 
-__all__ = ["code_fingerprint", "code_fingerprint_parts", "combine", "snapshot", "value_fingerprint"]
+__all__ = [
+    "code_fingerprint", "code_fingerprint_parts", "combine", "known_code", "load_known_code",
+    "snapshot", "value_fingerprint",
+]

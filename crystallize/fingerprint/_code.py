@@ -7,14 +7,18 @@ import dataclasses
 import dis
 import inspect
 import linecache
+import os
 import sys
 import textwrap
+import threading
 import types
 import weakref
 from collections.abc import Iterator
 from typing import Any, Final
 
+from .._version import __version__
 from ._encoding import (
+    _DOMAIN,
     _TAG_BYTES,
     _TAG_INT,
     _TAG_STR,
@@ -59,10 +63,119 @@ def _code_info(code: types.CodeType) -> _CodeInfo:
     info = _CODE_INFO.get(code)
     if info is not None and info.filename == code.co_filename:
         return info
-    refs, stored = _analyse_references(code)
-    info = _CodeInfo(code.co_filename, _own_code_fingerprint(code), refs, stored)
+    identity = _file_identity(code.co_filename)
+    key = _known_key(code) if identity is not None else ""
+    info = _known_info(code.co_filename, identity, key)
+    if info is None:
+        refs, stored = _analyse_references(code)
+        info = _CodeInfo(code.co_filename, _own_code_fingerprint(code), refs, stored)
+        if identity is not None:
+            _remember(identity, key, info, added=True)
     _CODE_INFO[code] = info
     return info
+
+
+# Code facts of earlier runs (read from and written to the store by the running layer), by
+# source file: {path: (size, mtime_ns, {code key: info})}. Parsing the source of every step
+# function is most of what a resume costs; an unchanged file needs no second parse.
+_KNOWN: dict[str, tuple[int, int, dict[str, _CodeInfo]]] = {}
+_KNOWN_LOCK = threading.Lock()
+_known_added = False
+# Facts computed by another version of this module may be computed differently.
+_KNOWN_SCHEMA: Final = f"{__version__} {_DOMAIN[:-1].decode()}"
+
+
+def _file_identity(filename: str) -> tuple[int, int] | None:
+    if filename.startswith("<"):
+        return None
+    try:
+        stat = os.stat(filename)
+    except (OSError, ValueError):
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _known_key(code: types.CodeType) -> str:
+    # The bytecode digest, not the line alone: a module imported before its file was edited
+    # runs old code under the new file's identity, and what it reads comes from that code.
+    name = getattr(code, "co_qualname", code.co_name)
+    return f"{code.co_firstlineno}:{name}:{_bytecode_fingerprint(code)}"
+
+
+def _known_info(filename: str, identity: tuple[int, int] | None, key: str) -> _CodeInfo | None:
+    if identity is None:
+        return None
+    with _KNOWN_LOCK:
+        entry = _KNOWN.get(filename)
+    if entry is None or entry[:2] != identity:
+        return None
+    return entry[2].get(key)
+
+
+def _remember(identity: tuple[int, int], key: str, info: _CodeInfo, *, added: bool) -> None:
+    global _known_added
+    with _KNOWN_LOCK:
+        entry = _KNOWN.get(info.filename)
+        if entry is None or entry[:2] != identity:
+            entry = _KNOWN[info.filename] = (*identity, {})
+        entry[2].setdefault(key, info)
+        _known_added = _known_added or added
+
+
+def _json_info(filename: str, raw: Any) -> _CodeInfo | None:
+    if not isinstance(raw, dict):
+        return None
+    own, refs, stored = raw.get("own"), raw.get("refs"), raw.get("stored")
+    if not (isinstance(own, str) and isinstance(refs, list) and isinstance(stored, list)
+            and all(isinstance(name, str) for name in stored)):
+        return None
+    parsed: list[_Ref] = []
+    for ref in refs:
+        if not (isinstance(ref, list) and len(ref) == 3 and isinstance(ref[0], str)
+                and type(ref[1]) is int and isinstance(ref[2], list)
+                and all(isinstance(attribute, str) for attribute in ref[2])):
+            return None
+        parsed.append((ref[0], ref[1], tuple(ref[2])))
+    return _CodeInfo(filename, own, tuple(parsed), frozenset(stored))
+
+
+def load_known_code(document: Any) -> None:
+    """Take the code facts of ``document`` (as made by :func:`known_code`) for files unchanged
+    since; anything malformed in it is skipped: it is a cache, recomputed when missing."""
+    if not isinstance(document, dict) or document.get("schema") != _KNOWN_SCHEMA:
+        return
+    files = document.get("files")
+    for filename, entry in files.items() if isinstance(files, dict) else ():
+        codes = entry.get("codes") if isinstance(entry, dict) else None
+        identity = _file_identity(filename) if isinstance(filename, str) else None
+        if (not isinstance(codes, dict) or identity is None
+                or identity != (entry.get("size"), entry.get("mtime_ns"))):
+            continue
+        for key, raw in codes.items():
+            info = _json_info(filename, raw)
+            if isinstance(key, str) and info is not None:
+                _remember(identity, key, info, added=False)
+
+
+def known_code(*, only_if_added: bool) -> dict[str, Any] | None:
+    """The code facts known to this process for files still unchanged, as JSON-able data;
+    None when ``only_if_added`` and nothing was computed since the last call."""
+    global _known_added
+    with _KNOWN_LOCK:
+        if only_if_added and not _known_added:
+            return None
+        _known_added = False
+        entries = list(_KNOWN.items())
+    files: dict[str, Any] = {}
+    for filename, (size, mtime_ns, codes) in entries:
+        if _file_identity(filename) != (size, mtime_ns):
+            continue
+        files[filename] = {"size": size, "mtime_ns": mtime_ns, "codes": {
+            key: {"own": info.own, "refs": [[*ref[:2], list(ref[2])] for ref in info.refs],
+                  "stored": sorted(info.stored_globals)}
+            for key, info in codes.items()
+        }}
+    return {"schema": _KNOWN_SCHEMA, "files": files}
 
 
 def _walk_code(code: types.CodeType) -> Iterator[types.CodeType]:

@@ -8,7 +8,6 @@ import importlib.util
 import os
 import site
 import sys
-import sysconfig
 import types
 from typing import Any, Final
 
@@ -21,12 +20,10 @@ def _is_framework(module_name: str) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _library_roots() -> tuple[str, ...]:
-    candidates: set[str] = set()
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        path = sysconfig.get_paths().get(key)
-        if path:
-            candidates.add(path)
-    candidates.add(os.path.dirname(os.__file__))
+    # Not sysconfig.get_paths(): loading the build's configuration for it costs a few ms of
+    # every fresh process's first run, and the directories below already hold its four
+    # (stdlib beside os.py, site-packages from site, and both under the prefixes' lib dirs).
+    candidates = {os.path.dirname(os.__file__)}
     for getter in ("getsitepackages", "getusersitepackages"):
         try:
             found = getattr(site, getter)()

@@ -33,7 +33,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ..errors import CallbackError, ExperimentFailedError
 from ..fingerprint import snapshot
 from ..model import Event, Treatment, check_replicates, check_strategy
-from ..store import LeaseBook
+from ..store import LeaseBook, keep_code, recall_code
 from ._configure import configure
 from ._executors import Executor, ThreadExecutor, UnitJob, resolve_executor
 from ._node import ExperimentRun, ExperimentRunFailed, NodeInputs
@@ -287,6 +287,9 @@ class Scheduler:
         self._check_store_roots()
         self._rank_nodes()
         order = self.graph.topological_order()
+        roots = self._store_roots()
+        for root in roots:
+            recall_code(root)
         configured = self._configured
         check_treatment_keys(configured)  # before anything runs
         rng_warnings = global_rng_warnings(configured.values(), isinstance(self.executor,
@@ -299,7 +302,7 @@ class Scheduler:
             # Nothing is edited mid-run, so each step function is fingerprinted once per run.
             with snapshot(), anyio.CancelScope() as self._scope:
                 async with self.executor:
-                    await self.executor.verify_store(self._store_roots())
+                    await self.executor.verify_store(roots)
                     async with anyio.create_task_group() as background:
                         self._background = background
                         async with anyio.create_task_group() as dispatchers:
@@ -314,6 +317,7 @@ class Scheduler:
         finally:
             for book in self._books.values():
                 book.close()
+            keep_code(roots)
         if self._callback_error is not None:
             raise self._callback_error
         results = {name: self.results[name] for name in order if name in self.results}

@@ -6,6 +6,7 @@ Knows nothing of experiments beyond names and fingerprints.
 
 from ._cache import CACHE_DIR, StepCache
 from ._history import MetricRow, MetricSummary, StoredRun, last_run, metric_rows, stored_runs
+from ._known_code import KNOWN_CODE, keep_code, recall_code
 from ._leases import LeaseBook, StoreWarning, unusable_lock
 from ._records import (
     SCHEMA_VERSION,
@@ -34,10 +35,10 @@ from ._store import (
 )
 
 __all__ = [
-    "CACHE_DIR", "MARKER", "SCHEMA_VERSION", "ConditionMeta", "ConditionRecord",
+    "CACHE_DIR", "KNOWN_CODE", "MARKER", "SCHEMA_VERSION", "ConditionMeta", "ConditionRecord",
     "ExperimentStore", "FileRecord", "LeaseBook", "MetricRow", "MetricSummary", "Removal",
     "Scan", "StepCache", "StoreWarning", "StoredRun", "StoredValue", "StoredVersion",
     "UnitRecord", "UnitState", "UnitTiming", "VersionMetadata", "VersionStatus", "atomic_write",
-    "check_name", "content_hash", "file_hash", "last_run", "metric_rows", "path_name_problem",
-    "stored_runs", "unstorable_leaf", "unusable_lock",
+    "check_name", "content_hash", "file_hash", "keep_code", "last_run", "metric_rows",
+    "path_name_problem", "recall_code", "stored_runs", "unstorable_leaf", "unusable_lock",
 ]

@@ -1,0 +1,107 @@
+"""Per-run fixed cost (issue 12): a new process parses no step module unchanged since a run."""
+
+from __future__ import annotations
+
+import json
+import linecache
+import os
+from pathlib import Path
+
+import pytest
+from test_resume import Project, run
+
+from crystallize.fingerprint import _code
+from crystallize.store import KNOWN_CODE
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """Forget what this process learnt about code, as a new process would not know it, and
+    list the code objects whose source is parsed from then on."""
+    parsed: list[str] = []
+    own = _code._own_code_fingerprint
+
+    def counted(code):
+        parsed.append(code.co_name)
+        return own(code)
+
+    def forget() -> list[str]:
+        _code._CODE_INFO.clear()
+        _code._KNOWN.clear()
+        linecache.clearcache()
+        parsed.clear()
+        return parsed
+
+    monkeypatch.setattr(_code, "_own_code_fingerprint", counted)
+    return forget
+
+
+def test_a_new_process_parses_no_unchanged_step_module(tmp_path, fresh_process):
+    p = Project(tmp_path)
+    run(p)
+    kept = json.loads((tmp_path / "data" / KNOWN_CODE).read_text())
+    assert str(p.path) in kept["files"]
+    parsed = fresh_process()
+    res = run(p)
+    assert res["producer"].resumed and res["consumer"].resumed
+    assert parsed == []
+
+
+def test_a_resume_that_learns_nothing_writes_nothing(tmp_path, fresh_process):
+    p = Project(tmp_path)
+    run(p)
+    kept = (tmp_path / "data" / KNOWN_CODE).stat()
+    fresh_process()
+    assert run(p)["producer"].resumed
+    again = (tmp_path / "data" / KNOWN_CODE).stat()
+    assert (again.st_ino, again.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)
+
+
+def test_code_edited_without_changing_size_or_mtime_is_not_taken_from_the_cache(
+    tmp_path, fresh_process
+):
+    p = Project(tmp_path)
+    run(p)
+    before = p.path.stat()
+    p.edit("sum(data) * factor})", "sum(data) + factor})")
+    os.utime(p.path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = p.path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    parsed = fresh_process()
+    res = run(p)
+    assert "code of step ProduceStep changed" in res["producer"].reason
+    assert "produce" in parsed
+    assert res["consumer"].metrics.baseline.metrics["seen"] == [7, 7]
+
+
+@pytest.mark.parametrize("content", [
+    b"{not json",
+    b'{"schema": "another", "files": {}}',
+    json.dumps({"schema": _code._KNOWN_SCHEMA, "files": {"x.py": 3}}).encode(),
+])
+def test_a_torn_or_foreign_cache_file_is_recomputed_and_replaced(
+    tmp_path, fresh_process, content
+):
+    p = Project(tmp_path)
+    run(p)
+    (tmp_path / "data" / KNOWN_CODE).write_bytes(content)
+    parsed = fresh_process()
+    res = run(p)
+    assert res["producer"].resumed and "produce" in parsed
+    kept = json.loads((tmp_path / "data" / KNOWN_CODE).read_text())
+    assert str(p.path) in kept["files"]
+
+
+def test_forged_entries_of_another_file_identity_are_ignored(tmp_path, fresh_process):
+    p = Project(tmp_path)
+    run(p)
+    path = Path(tmp_path / "data" / KNOWN_CODE)
+    kept = json.loads(path.read_text())
+    entry = kept["files"][str(p.path)]
+    entry["mtime_ns"] += 1
+    for facts in entry["codes"].values():
+        facts["own"] = "0" * 64
+    path.write_text(json.dumps(kept))
+    parsed = fresh_process()
+    res = run(p)
+    assert res["producer"].resumed and "produce" in parsed
