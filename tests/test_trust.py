@@ -128,7 +128,7 @@ def test_cli_exits_non_zero_when_any_unit_failed(tmp_path: Path):
     result = run_cli("run", "flaky", "--executor", "inline", cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     out = " ".join(result.stdout.split())
-    assert "1 unit(s) failed" in out and "replicate one broke" in out
+    assert "failed units:" in out and "replicate one broke" in out
 
 
 # -- 2. the fallback to an upstream's baseline is said, with the path -------------------------
@@ -442,7 +442,7 @@ def test_unnamed_experiments_are_named_after_datasource_and_steps():
     assert (producer.name, consumer.name) == ("numbers-emit", "totals-total")
     graph = ExperimentGraph(producer, consumer)
     assert graph.edges == [("numbers-emit", "totals-total")]  # not a cycle
-    with pytest.raises(GraphError, match="both be named 'numbers-scale-total'.*name="):
+    with pytest.raises(GraphError, match="named 'numbers-scale-total'.*unnamed.*name="):
         ExperimentGraph(exp, Experiment(numbers(), [scale(), total()]))
 
 

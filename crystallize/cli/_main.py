@@ -133,8 +133,6 @@ def cmd_run(args: argparse.Namespace, out: Console) -> int:
             failure, results = exc, exc.results
         except ImportError as exc:  # an optional dependency, e.g. dask for --executor dask
             raise UsageError(f"{exc}") from None
-        except UnreadTreatmentKeyError as exc:  # found before anything ran
-            raise UsageError(f"{exc}") from None
     for result in results.values():
         out.print(summary_title(result))
         out.print(summary_table(result))
@@ -150,12 +148,9 @@ def cmd_run(args: argparse.Namespace, out: Console) -> int:
         out.print(Text("failed units:", style="bold red"))
         for line in failed_units:
             out.print(Text(line, style="red"), soft_wrap=True)
-    unit_failures = sum(len(r.errors) for r in results.values())
-    if failure is None and not unit_failures:
+    # A run with any failed unit is not a success: its numbers are missing replicates.
+    if failure is None and not failed_units:
         return EXIT_OK
-    if unit_failures:
-        # A run with any failed unit is not a success: its numbers are missing replicates.
-        out.print(Text(f"{unit_failures} unit(s) failed", style="bold red"))
     if failure is not None:
         out.print(Text(f"{len(failure.failures)} experiment(s) failed:", style="bold red"))
         for name, cause in failure.failures.items():
@@ -512,7 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out, err = Console(), Console(stderr=True)
     try:
         return int(args.handler(args, out))
-    except (ConfigError, UsageError, ScaffoldError, LimitError, ClusterError) as exc:
+    except (ConfigError, UsageError, ScaffoldError, LimitError, ClusterError,
+            UnreadTreatmentKeyError) as exc:
         _report(err, str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -28,7 +28,6 @@ from ..model import (
     Pipeline,
     SeedPlugin,
     Treatment,
-    Verifier,
     as_datasource,
     check_replicates,
     check_retries,
@@ -104,8 +103,6 @@ class Experiment:
         self.timeout = check_timeout(timeout, where)
         self._name = ""
         self.name = name
-        #: True when the name was derived from the datasource and steps (no ``name=`` given)
-        self.named_by_default = name is None
         self._check_artifact_params(where)
         for plugin in self.plugins:
             plugin.init_hook(self)
@@ -170,6 +167,8 @@ class Experiment:
 
     @name.setter
     def name(self, value: str | None) -> None:
+        #: True when the name was derived from the datasource and steps (no ``name=`` given)
+        self.named_by_default = value is None
         if value is None:
             value = default_name(self.datasource, self.pipeline)
         elif not isinstance(value, str) or not value.strip():
@@ -181,7 +180,6 @@ class Experiment:
                 "store. Rename the experiment"
             )
         self._name = value
-        self.named_by_default = False
         for art in self.outputs.values():
             art.producer = value
             # A consumer run on its own finds this producer's runs where this producer keeps them.
@@ -220,19 +218,6 @@ class Experiment:
     def seed_plugin(self) -> SeedPlugin:
         return next((p for p in self.plugins if isinstance(p, SeedPlugin)), _DEFAULT_SEED)
 
-    def context_keys(self) -> set[str] | None:
-        """Context keys its datasource, steps and verifiers can read (None: cannot tell)."""
-        keys: set[str] = set()
-        parts = [self.datasource.context_keys(), *(s.context_keys() for s in self.pipeline.steps)]
-        for more in parts:
-            if more is None:
-                return None
-            keys |= more
-        for hyp in self.hypotheses:
-            if isinstance(hyp.verifier, Verifier):
-                keys |= hyp.verifier.parameter_names()
-        return keys
-
     def consumed_artifacts(self) -> list[Artifact]:
         return self.datasource.artifacts()
 
@@ -259,8 +244,7 @@ class Experiment:
             raise ValueError(f"{self.name}: artifact_datasource needs name='<file name>'")
         declared = self._find_output(name)
         art = Artifact(name, loader=loader or (declared.loader if declared else None), step=step)
-        art.producer = self.name
-        art.producer_root = self.store_plugin.root_dir
+        art.producer, art.producer_root = self.name, self.store_plugin.root_dir
         return art
 
     # -- running ----------------------------------------------------------------------------
@@ -362,14 +346,11 @@ class ExperimentGraph:
             raise TypeError(f"ExperimentGraph takes Experiment objects, got {experiment!r}")
         other = self._experiments.get(experiment.name)
         if other is not None:
-            if experiment.named_by_default or other.named_by_default:
-                raise GraphError(
-                    f"two experiments would both be named {experiment.name!r} (an unnamed "
-                    "experiment is named after its datasource and steps); give them distinct "
-                    "names: Experiment(..., name='...')"
-                )
+            unnamed = experiment.named_by_default or other.named_by_default
             raise GraphError(
                 f"two experiments are named {experiment.name!r}; names must be unique in a graph"
+                + ("; an unnamed experiment is named after its datasource and steps: give them "
+                   "distinct names with Experiment(..., name='...')" if unnamed else "")
             )
         self._experiments[experiment.name] = experiment
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from ..errors import UnreadTreatmentKeyError, did_you_mean
-from ..model import Treatment, uses_global_rng
+from ..model import Treatment, Verifier, uses_global_rng
 
 if TYPE_CHECKING:
     from ..experiment import Experiment
@@ -22,6 +22,20 @@ if TYPE_CHECKING:
 
 class ReproducibilityWarning(UserWarning):
     """A run whose seeded results may differ from run to run (a global RNG shared by threads)."""
+
+
+def readable_keys(exp: Experiment) -> set[str] | None:
+    """Context keys the experiment's datasource, steps and verifiers can read: their parameters
+    and the keys their code reads from ``ctx`` (None where that cannot be told)."""
+    keys: set[str] = set()
+    for more in [exp.datasource.context_keys(), *(s.context_keys() for s in exp.pipeline.steps)]:
+        if more is None:
+            return None
+        keys |= more
+    for hyp in exp.hypotheses:
+        if isinstance(hyp.verifier, Verifier):
+            keys |= hyp.verifier.parameter_names()
+    return keys
 
 
 def _mapping_keys(treatment: Treatment) -> list[str]:
@@ -45,7 +59,7 @@ def check_treatment_keys(configured: Mapping[str, Experiment]) -> None:
     for (treatment, key), names in carriers.items():
         for name in names:
             if name not in readable:
-                readable[name] = configured[name].context_keys()
+                readable[name] = readable_keys(configured[name])
         if any(readable[n] is None or key in readable[n] for n in names):  # type: ignore[operator]
             continue
         known = sorted(set().union(*(readable[n] or set() for n in names)))
@@ -100,7 +114,7 @@ def unread_key_warnings(
     unread = set.intersection(*(set(o.unread) for o in finished))
     if not unread:
         return []
-    readable = exp.context_keys()
+    readable = readable_keys(exp)
     return [
         f"treatment {condition!r} set {key!r}, but no unit of {exp.name} [{condition}] read it: "
         "its numbers may be the baseline's"
