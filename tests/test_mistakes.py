@@ -98,11 +98,11 @@ class CliError(Exception):
 
 def cli(*args: str) -> None:
     """Run the command line in this process, as a user would type it; raise on failure."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         code = main(list(args))
     if code:
-        raise CliError(code, err.getvalue())
+        raise CliError(code, err.getvalue() + out.getvalue())
 
 
 def folder(root: Path, name: str = "exp", config: str = CONFIG, **modules: str) -> Path:
@@ -595,6 +595,12 @@ def replicates_absurd_on_the_command_line(tmp: Path) -> object:
     return cli("run", "exp", "--replicates", "1000000000")
 
 
+@mistake(CliError, "--replicates", "1,000,000,000", "CRYSTALLIZE_MAX_REPLICATES")
+def replicates_absurd_in_scientific_notation(tmp: Path) -> object:
+    folder(tmp)
+    return cli("run", "exp", "--replicates", "1e9")
+
+
 @mistake(ConfigError, "exp/config.yaml", "'replicates'", "100,000", "CRYSTALLIZE_MAX_REPLICATES")
 def replicates_absurd_in_a_config(tmp: Path) -> object:
     return ExperimentGraph.from_yaml(folder(tmp, config="replicates: 1000000000\nsteps: [scale]\n"))
@@ -622,6 +628,12 @@ def yaml_alias_bomb_in_status(tmp: Path) -> object:
     return cli("status", "exp")
 
 
+@mistake(CliError, "exp/config.yaml", "aliases")
+def yaml_alias_bomb_in_list(tmp: Path) -> object:
+    folder(tmp, config=BOMB)
+    return cli("list", ".")
+
+
 @mistake(ConfigError, "exp/config.yaml", "1,000,000", "CRYSTALLIZE_MAX_CONFIG_BYTES")
 def config_too_large(tmp: Path) -> object:
     path = folder(tmp)
@@ -647,6 +659,27 @@ def stuck(data, ctx):
                 pass  # deaf to its timer: only stopping its process ends it
     return data, {"ok": 1}
 """
+
+
+SLEEPY = """\
+import time
+from crystallize import pipeline_step
+
+@pipeline_step()
+def nap(data, ctx):
+    if ctx["replicate"] == 0:
+        time.sleep(60)  # the unit's timer interrupts the sleep
+    return data, {"ok": 1}
+"""
+
+
+@mistake(TimeoutError, "experiment 'exp'", "step 'nap'", "timeout of 0.4 s", before_run=False)
+def step_never_returns_config_step_timeout(tmp: Path) -> object:
+    config = "replicates: 2\nsteps:\n  - {nap: {}, timeout: 0.4}\n"
+    graph = ExperimentGraph.from_yaml(folder(tmp, config=config, steps=SLEEPY))
+    result = graph.run(executor="process", max_workers=1)["exp"]
+    assert succeeded(result.metrics.baseline.metrics["ok"]) == [1]
+    return result.errors["baseline_rep_0"]
 
 
 @mistake(TimeoutError, "experiment 'exp'", "replicate 0", "timeout of 0.5 s", before_run=False)

@@ -361,7 +361,12 @@ def _positive(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
+        # 1e9 is a whole number too; a cap checked later names its limit instead of the syntax
+        try:
+            number = float(text)
+        except ValueError:
+            number = 0.0
+        value = int(number) if number.is_integer() else 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
