@@ -277,21 +277,21 @@ def test_workers_fork_before_the_run_starts_threads_and_only_when_needed(tmp_pat
     assert after_resume == first  # a run that reuses everything forks nothing
 
 
-def test_custom_executors_override_run_or_run_batch():
+def test_a_custom_executor_implements_the_batch_round_trip():
     from crystallize import Executor
     from crystallize.running import run_unit
 
     class Nowhere(Executor):
         name = "nowhere"
 
-    with pytest.raises(TypeError, match=r"Nowhere must override run\(\) or run_batch\(\)"):
+    with pytest.raises(TypeError, match=r"abstract.*run_batch"):
         Nowhere()
 
     class Here(Executor):
         name = "here"
 
-        async def run(self, job):
-            return run_unit(job.experiment, job.task)
+        async def run_batch(self, jobs):
+            return [run_unit(job.experiment, job.task) for job in jobs]
 
     result = make("custom").run(executor=Here(max_workers=1))
     assert result.metrics.baseline.metrics["total"] == [10, 10, 10]

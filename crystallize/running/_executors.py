@@ -1,8 +1,8 @@
 """Executors: where units run. One small interface, several transports.
 
 An executor is an async context manager that lives for one whole graph run (so a process pool
-is started once, not per experiment) and runs one unit per :meth:`Executor.run` call. The
-scheduler decides what runs when; an executor only decides where.
+is started once, not per experiment) and runs units through one abstract method,
+:meth:`Executor.run_batch`. The scheduler decides what runs when; an executor only decides where.
 
 - :class:`InlineExecutor`: in the calling thread, one unit at a time (debugging, tiny units);
 - :class:`ThreadExecutor`: in a thread pool (steps that release the GIL, or do I/O);
@@ -16,6 +16,7 @@ steps that should give identical results on every executor draw from
 
 from __future__ import annotations
 
+import abc
 import concurrent.futures as cf
 import contextlib
 import ctypes
@@ -70,11 +71,11 @@ class UnitJob:
         return self.blob
 
 
-class Executor:
+class Executor(abc.ABC):
     """Base class of executors; see the module docstring.
 
-    A subclass overrides :meth:`run` (one unit per call), :meth:`run_batch` (several units of
-    one experiment per call, for transports where each call is a round trip), or both.
+    A subclass implements one method, :meth:`run_batch`: the round trip that runs units of one
+    experiment where the executor runs them. Everything else has a default.
     """
 
     #: Name shown in provenance and progress output.
@@ -83,10 +84,6 @@ class Executor:
     out_of_process: bool = False
 
     def __init__(self, max_workers: int | None = None, *, batching: bool = False) -> None:
-        cls = type(self)
-        if cls.run is Executor.run and cls.run_batch is Executor.run_batch:
-            # Each default is written in terms of the other: with neither, nothing runs.
-            raise TypeError(f"{cls.__name__} must override run() or run_batch() of Executor")
         self.max_workers = max_workers or os.cpu_count() or 1
         #: Whether the scheduler may send several small units of one experiment per
         #: :meth:`run_batch` call (worth it only where each call is a round trip).
@@ -137,15 +134,14 @@ class Executor:
             return await self.run(job)
         return _timed_out(job, seconds)
 
+    @abc.abstractmethod
     async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
         """Run units of one experiment and return their outcomes, in order.
 
         The scheduler hands over more than one only where :attr:`batching` is on (the process
         and Dask executors, unless created with ``batching=False``), and only units it has seen
-        to be much shorter than a batch, so that one trip to a worker serves them all. By
-        default they simply run one after another.
+        to be much shorter than a batch, so that one trip to a worker serves them all.
         """
-        return [await self.run(job) for job in jobs]
 
 
 def _timed_out(job: UnitJob, seconds: float) -> UnitOutcome:
@@ -162,10 +158,12 @@ class InlineExecutor(Executor):
     def capacity(self) -> int:
         return 1
 
-    async def run(self, job: UnitJob) -> UnitOutcome:
-        outcome = run_unit(job.experiment, job.task)
-        await anyio.lowlevel.checkpoint()  # let the scheduler make progress between units
-        return outcome
+    async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
+        outcomes = []
+        for job in jobs:
+            outcomes.append(run_unit(job.experiment, job.task))
+            await anyio.lowlevel.checkpoint()  # let the scheduler make progress between units
+        return outcomes
 
     async def run_within(self, job: UnitJob, seconds: float) -> UnitOutcome:
         # Units run in this (the main) thread, where the unit's own timer interrupts them.
@@ -181,8 +179,8 @@ class ThreadExecutor(Executor):
         self._limiter = anyio.CapacityLimiter(self.max_workers)
         return self
 
-    async def run(self, job: UnitJob) -> UnitOutcome:
-        return await self._in_thread(job, abandon=False)
+    async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
+        return [await self._in_thread(job, abandon=False) for job in jobs]
 
     async def run_within(self, job: UnitJob, seconds: float) -> UnitOutcome:
         # The thread cannot be stopped: it is left to finish on its own, its outcome unused.
