@@ -251,7 +251,7 @@ def test_truncated_artifact_or_edited_results_are_rerun_with_the_reason():
     path.write_text(path.read_text()[:5])
     again = experiment().run(executor="inline", strategy="resume")
     assert again.executed and "out.json has 5 bytes" in again.reason
-    assert len(calls()) == 3
+    assert calls() == ["baseline:1"]  # only the unit whose artifact was damaged
 
     results = again.version_dir / "baseline" / "results.json"
     results.write_text(results.read_text().replace('"total": [6,', '"total": [60,'))
@@ -297,12 +297,12 @@ def test_failed_unit_never_prunes_the_complete_version_and_resume_reruns_only_it
     assert json.loads(Path("data/solo/v0/metadata.json").read_text())["status"] == "complete"
     assert json.loads(Path("data/solo/v1/metadata.json").read_text())["status"] == "partial"
     status = experiment_status(ExperimentGraph(experiment(strategy="resume")))["solo"]
-    assert status.state == "stale" and "replicate(s) [1] failed in v1" in status.reason
+    assert status.state == "stale" and "baseline rep 1: failed in v1" in status.reason
 
     Path("fail.txt").unlink()
     calls()
     fixed = experiment().run(executor="inline", strategy="resume")
-    assert calls() == ["baseline:1"] and "[1] failed in v1" in fixed.reason
+    assert calls() == ["baseline:1"] and "baseline rep 1: failed in v1" in fixed.reason
     assert fixed.metrics.baseline.metrics["total"] == [6, 6, 6] and not fixed.errors
     assert versions() == [f"v{fixed.version}"]
 

@@ -148,8 +148,8 @@ async def test_run_screen_runs_prerequisites_first_and_toggles_caching(root: Pat
         assert screen.graph.experiments["producer"].pipeline.steps[0].cacheable
         await finish_run(pilot, screen)
         states = [r[3] for r in rows(screen)]
-        # the producer reran, so its consumer (still under resume) reruns on the new version
-        assert states[0] == "done -> v1" and states[2] == "done -> v1"
+        # the producer reran, but wrote identical artifacts: its consumer stays reused
+        assert states[0] == "done -> v1" and states[2] == "🔒 cached, resumed v0"
         assert not screen.query_one("#errors").display
 
         await pilot.press("n")  # the tree's keys do nothing here
@@ -161,7 +161,7 @@ async def test_run_screen_runs_prerequisites_first_and_toggles_caching(root: Pat
         await pilot.pause()
         assert not isinstance(app.screen, RunScreen)
         assert str(app.screen.query_one("#tree", Tree).cursor_node.label) == "📈 consumer"
-        assert "complete (v1)" in str(app.screen.query_one("#details", Static).render())
+        assert "complete (v0)" in str(app.screen.query_one("#details", Static).render())
 
 
 async def test_error_panels_list_broken_configs_and_missing_paths(root: Path) -> None:

@@ -48,9 +48,9 @@ def test_status_follows_the_resume_decision(dag: Path) -> None:
     status = experiment_status(ExperimentGraph.from_yaml(dag / "consumer"))
     assert status["producer"].state == "stale"
     assert "wide: new treatment" in status["producer"].reason
-    # The consumer would read the producer's new run, so it reruns too.
+    # The consumer inherits the new treatment: only that condition's units would run.
     assert status["consumer"].state == "stale"
-    assert status["consumer"].reason == "upstream producer is stale"
+    assert status["consumer"].reason == "3 of 9 unit(s) run: wide: new treatment; 6 reused from v0"
 
 
 def test_dot_renders_an_svg_with_names_and_state(dag: Path, tmp_path: Path, dot: str) -> None:

@@ -45,7 +45,7 @@ from ..render import (
     summary_title,
     write_report,
 )
-from ..running import DaskExecutor, Executor, treatment_labels, upstream_refs
+from ..running import DaskExecutor, Executor, plan_graph, treatment_labels, upstream_refs
 from ..store import CACHE_DIR, ExperimentStore, StoredRun, metric_rows, stored_runs
 from ._progress import RunProgress
 
@@ -109,6 +109,17 @@ def _check_names(graph: ExperimentGraph, names: Sequence[str], option: str) -> N
             )
 
 
+def _dry_run(graph: ExperimentGraph, args: argparse.Namespace, out: Console) -> int:
+    """Print what ``run`` would execute and reuse, per experiment and unit, and why."""
+    table = Table("experiment", "run", "reuse", "why", title="dry run: nothing is executed")
+    for name, planned in plan_graph(graph, replicates=args.replicates, strategy=args.strategy,
+                                    force=args.force or ()).items():
+        plan = planned.plan
+        table.add_row(name, str(plan.units), str(len(plan.reuse)), plan.reason)
+    out.print(table)
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace, out: Console) -> int:
     if args.replicates is not None:
         MAX_REPLICATES.check(args.replicates, "--replicates")
@@ -120,6 +131,8 @@ def cmd_run(args: argparse.Namespace, out: Console) -> int:
         _check_names(graph, args.force or [], "--force ")  # forcing needs it in the run
     if args.treatment:
         _select_treatments(graph, args.treatment)
+    if args.dry_run:
+        return _dry_run(graph, args, out)
     executor = _executor(args, out)
     failure: ExperimentFailedError | None = None
     with RunProgress(out, graph.topological_order()) as progress:
@@ -429,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how long a Dask cluster without workers is waited for (default: 60)")
     run.add_argument("--treatment", action="append", metavar="NAME",
                      help="run only this treatment (repeatable; baseline always runs)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="show what would run and what would be reused, per experiment and "
+                     "unit, and why; runs and writes nothing")
 
     status = command("status", cmd_status,
                      "show each experiment as complete, stale (and why) or never run")

@@ -54,7 +54,7 @@ class RunProgress:
         if task is None:
             return
         update = self.progress.update
-        if event.kind == "decision" and event.reason:
+        if event.kind == "decision" and event.reason and event.condition is None:
             self.note(f"{event.experiment}: {event.reason}", "dim")
         elif event.kind == "started":
             self.progress.start_task(task)

@@ -8,7 +8,7 @@ from typing import Literal
 
 EventKind = Literal[
     "started",  # an experiment began executing (``units`` = units to run)
-    "decision",  # a resume decision (``reason`` says why it reruns, or that it is reused)
+    "decision",  # what runs and why (``reason``); with ``condition``/``replicate``, one unit's
     "resumed",  # an experiment was loaded from the store instead of executed
     "unit_finished",  # one (condition, replicate) unit finished (``error`` set if it failed)
     "finished",  # an experiment's run was published (``version``)
@@ -46,6 +46,8 @@ class Event:
             why = f" ({self.reason})" if self.reason else ""
             return f"{name}: running {self.units} unit(s){why}"
         if self.kind == "decision":
+            if self.condition is not None:
+                return f"{name} [{self.condition} rep {self.replicate}]: {self.reason}"
             return f"{name}: {self.reason}"
         if self.kind == "resumed":
             return f"{name}: resumed from v{self.version}"

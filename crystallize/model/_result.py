@@ -80,6 +80,9 @@ class Result:
     reused: list[str] = field(default_factory=list)
     failed: bool = False
     warnings: list[str] = field(default_factory=list)
+    #: per unit (``{"<condition>_rep_<r>": reason}``), e.g. reused from ``v3``, or rerun because
+    #: an upstream artifact it read changed
+    unit_reasons: dict[str, str] = field(default_factory=dict)
     #: per condition, its stored record (units with metrics, artifacts, errors)
     records: dict[str, ConditionRecord] = field(default_factory=dict, repr=False)
 

@@ -10,13 +10,21 @@ from ._configure import configure
 from ._executors import DaskExecutor, Executor, InlineExecutor, ProcessExecutor, ThreadExecutor
 from ._preflight import ReproducibilityWarning
 from ._scheduler import RunOptions, Scheduler
-from ._status import Status, experiment_status, treatment_labels, upstream_refs
+from ._status import (
+    Planned,
+    Status,
+    experiment_status,
+    plan_graph,
+    treatment_labels,
+    upstream_refs,
+)
 from ._unit import UnitRun, run_unit
 
 __all__ = [
     "DaskExecutor",
     "Executor",
     "InlineExecutor",
+    "Planned",
     "ProcessExecutor",
     "ReproducibilityWarning",
     "RunOptions",
@@ -26,6 +34,7 @@ __all__ = [
     "UnitRun",
     "configure",
     "experiment_status",
+    "plan_graph",
     "run_unit",
     "treatment_labels",
     "upstream_refs",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import socket
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from ..store import (
     ConditionRecord,
     ExperimentStore,
     FileRecord,
+    Journal,
     LeaseBook,
     Removal,
     Scan,
@@ -33,6 +35,8 @@ from ..store import (
     UnitRecord,
     UnitTiming,
     VersionMetadata,
+    VersionWriter,
+    load_value,
     unusable_lock,
 )
 from ._executors import UnitJob
@@ -103,31 +107,33 @@ def _find_unpicklable(exp: Experiment) -> str:
 
 def unit_record(outcome: UnitOutcome, seed: int) -> UnitRecord:
     """How the store keeps a unit's outcome."""
-    error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
     # An outcome made outside a worker (the executor itself failed) has no timing to show.
     timing = UnitTiming(outcome.worker, outcome.started, outcome.finished, outcome.attempts,
                         tuple(outcome.retried)) if outcome.started else None
-    return UnitRecord(outcome.replicate, "failed" if error else "complete", seed,
-                      outcome.metrics, outcome.artifacts, error, timing,
-                      outcome.traceback if error else None)
+    if outcome.error is not None:
+        error = f"{type(outcome.error).__name__}: {outcome.error}"
+        return UnitRecord(outcome.replicate, "failed", seed, outcome.metrics, outcome.artifacts,
+                          error, timing, outcome.traceback)
+    return UnitRecord(outcome.replicate, "complete", seed, outcome.metrics, outcome.artifacts,
+                      timing=timing, reads=outcome.reads)
 
 
 def condition_record(
     condition: str, seeds: list[int], outcomes: dict[int, UnitOutcome],
-    reused: ConditionRecord | None, later: list[str],
+    reused: dict[int, UnitRecord], earlier: Sequence[str], later: list[str],
 ) -> ConditionRecord:
-    """A condition's record: executed units from ``outcomes``, complete ones from ``reused``,
-    and the warnings of both with those found after the units ran (``later``)."""
+    """A condition's record: executed units from ``outcomes``, the others from ``reused``, and
+    the warnings of the records those came from (``earlier``), of the units that ran, and those
+    found after the units ran (``later``)."""
     units = []
     for r, seed in enumerate(seeds):
         if r in outcomes:
             units.append(unit_record(outcomes[r], seed))
-        elif reused is not None and r < reused.replicates and reused.units[r].state == "complete":
-            units.append(reused.units[r])
+        elif r in reused:
+            units.append(reused[r])
         else:
             units.append(UnitRecord(r, "never ran", seed))
-    found = [*(reused.warnings if reused is not None else ()),
-             *(w for r in sorted(outcomes) for w in outcomes[r].warnings), *later]
+    found = [*earlier, *(w for r in sorted(outcomes) for w in outcomes[r].warnings), *later]
     return ConditionRecord(condition, tuple(units), tuple(dict.fromkeys(found)))
 
 
@@ -135,6 +141,7 @@ def build_result(
     exp: Experiment, version: int | None, version_dir: Path, records: dict[str, ConditionRecord],
     *, executed: bool, errors: dict[str, BaseException], provenance: dict[str, Any],
     reason: str | None, reused: list[str], failed: bool = False,
+    unit_reasons: dict[str, str] | None = None,
 ) -> Result:
     """The :class:`Result` for ``records`` — the same code whether executed or resumed."""
     metrics = ExperimentMetrics()
@@ -160,6 +167,7 @@ def build_result(
         provenance=provenance, executed=executed, version=version, version_dir=version_dir,
         reason=reason, replicates=exp.replicates, reused=reused, failed=failed,
         warnings=[w for c in exp.conditions if c in records for w in records[c].warnings],
+        unit_reasons=unit_reasons or {},
     )
     result.records = records
     return result
@@ -176,7 +184,14 @@ def upstream_view(result: Result) -> UpstreamView:
                    for c, r in result.records.items()},
         errors={c: {str(k): v for k, v in r.errors().items()}
                 for c, r in result.records.items() if r.errors()},
+        hashes={c: _hashes(r, result.replicates) for c, r in result.records.items()},
     )
+
+
+def _hashes(record: ConditionRecord, replicates: int) -> dict[str, list[str | None]]:
+    names = dict.fromkeys(n for u in record.units for n in u.artifacts)
+    return {n: [(u.artifacts[n].blake2b if n in u.artifacts else None)
+                for u in record.units[:replicates]] for n in names}
 
 
 @dataclass(frozen=True)
@@ -213,10 +228,9 @@ class ExperimentRun:
         )
 
     # -- upstreams --------------------------------------------------------------------------
-    def _upstreams(self) -> tuple[dict[str, UpstreamView], dict[str, dict[str, str]]]:
-        """Views of consumed upstream runs, and per condition the upstream origins it reads."""
+    def _upstreams(self) -> dict[str, UpstreamView]:
+        """Views of the upstream runs this experiment's units read."""
         views: dict[str, UpstreamView] = {}
-        origins: dict[str, dict[str, str]] = {}
         for art in self.exp.consumed_artifacts():
             producer = art.producer or ""
             if producer in views:
@@ -227,11 +241,7 @@ class ExperimentRun:
                 if result is None:
                     continue  # fetch() will report the missing run with the path
             views[producer] = upstream_view(result)
-            origins_of: dict[str, str] = result.provenance.get("origins", {})
-            for cond in self.exp.conditions:
-                read = cond if cond in origins_of else BASELINE
-                origins.setdefault(cond, {})[producer] = origins_of.get(read, "missing")
-        return views, origins
+        return views
 
     def _load_external(self, producer: str, root: Path | None) -> Result | None:
         """An upstream outside the graph (standalone ``Experiment.run``): its newest run on disk,
@@ -250,27 +260,39 @@ class ExperimentRun:
         return Scan(None, scan.notes)
 
     # -- the run ----------------------------------------------------------------------------
-    def _plan(self, fingerprint: dict[str, Any], origins: dict[str, dict[str, str]]) -> Plan:
+    def _plan(self, fingerprint: dict[str, Any], views: dict[str, UpstreamView]) -> Plan:
         scan = self._claim_newest(self.store) if self.exp.strategy == "resume" else Scan(None)
-        return plan_run(self.exp, strategy=self.exp.strategy, stored=scan.version,
-                        fingerprint=fingerprint, upstream_origins=origins, notes=scan.notes)
+
+        def interrupted() -> list[Journal]:
+            book = self.inputs.book(self.store.root)
+            found = []
+            for n in self.store.newer_than(scan.version.number if scan.version else None):
+                if self.store.claim_unfinished(book, n):
+                    journal = Journal.read(n, self.store.dir / f"v{n}")
+                    if journal is not None:
+                        found.append(journal)
+            return found
+
+        return plan_run(self.exp, strategy=self.exp.strategy, fingerprint=fingerprint,
+                        stored=scan.version, interrupted=interrupted, upstreams=views,
+                        notes=scan.notes)
 
     async def execute(self) -> Result:
         exp = self.exp
-        views, origins = self._upstreams()
+        views = self._upstreams()
         fingerprint = experiment_fingerprint(exp)
-        plan = self._plan(fingerprint, origins)
+        plan = self._plan(fingerprint, views)
         if exp.strategy != "resume":
-            return await self._execute(plan, views, origins, fingerprint)
+            return await self._execute(plan, views, fingerprint)
         if not plan.fully_reused:
             # Someone else may be computing it right now: wait for them, then look again.
             run_lock = await acquire_lock(self.store.run_lock_path, self._waiting)
             try:
                 self.store.mark_owner(exp.name or "")
-                plan = self._plan(fingerprint, origins)
+                plan = self._plan(fingerprint, views)
                 if not plan.fully_reused:
                     self._decided(plan)
-                    return await self._execute(plan, views, origins, fingerprint)
+                    return await self._execute(plan, views, fingerprint)
             finally:
                 run_lock.release()
         self._decided(plan)
@@ -283,16 +305,25 @@ class ExperimentRun:
                    f"{self.store.dir}; this run reuses its result once it is done"))
 
     def _decided(self, plan: Plan) -> None:
-        self.inputs.emit(self.exp, Event("decision", self.exp.name or "", reason=plan.reason))
+        name = self.exp.name or ""
+        self.inputs.emit(self.exp, Event("decision", name, units=plan.units, reason=plan.reason))
+        if not plan.uniform:
+            for (condition, replicate), why in plan.why.items():
+                self.inputs.emit(self.exp, Event("decision", name, condition=condition,
+                                                 replicate=replicate, reason=why))
 
     def _resumed(self, plan: Plan) -> Result:
-        assert plan.source is not None
-        source = plan.source
-        records = {c: r.with_values(source.path) for c, r in plan.reuse.items()}
+        assert plan.source is not None and plan.source.stored is not None
+        source = plan.source.stored
+        records = {}
+        for c in self.exp.conditions:
+            record = plan.source.record(c)
+            assert isinstance(record, ConditionRecord)  # every unit of it was checked
+            records[c] = record.with_values(source.path)
         result = build_result(
             self.exp, source.number, source.path, records, executed=False, errors={},
             provenance=_provenance(source.metadata), reason=plan.reason,
-            reused=list(plan.reuse),
+            reused=list(records), unit_reasons=plan.unit_reasons,
         )
         self.inputs.emit(self.exp, Event("resumed", self.exp.name or "", version=source.number,
                                             reason=plan.reason))
@@ -313,8 +344,7 @@ class ExperimentRun:
             ) from None
 
     async def _execute(
-        self, plan: Plan, views: dict[str, UpstreamView], origins: dict[str, dict[str, str]],
-        fingerprint: dict[str, Any],
+        self, plan: Plan, views: dict[str, UpstreamView], fingerprint: dict[str, Any],
     ) -> Result:
         exp, inputs = self.exp, self.inputs
         name = exp.name or ""
@@ -331,15 +361,14 @@ class ExperimentRun:
         # breaks from here on, the version never gets its metadata.json, so nothing treats it
         # as complete; a later prune retires it.
         writer = await anyio.to_thread.run_sync(self.store.allocate, book)
-        reused: dict[str, ConditionRecord] = {}
+        reused: dict[str, dict[int, UnitRecord]] = {c: {} for c in exp.conditions}
         if plan.reuse:
-            assert plan.source is not None
-            source = plan.source
-
             def bring_over() -> None:
-                for c, r in plan.reuse.items():
-                    writer.reuse(source, r, exp.replicates)
-                    reused[c] = r.with_values(source.path)  # written again into this version
+                for (c, r), (source, unit) in plan.reuse.items():
+                    writer.reuse(source.path, unit)
+                    # Its values are written again into this version.
+                    reused[c][r] = dataclasses.replace(unit, metrics={
+                        n: load_value(v, source.path) for n, v in unit.metrics.items()})
 
             await anyio.to_thread.run_sync(bring_over)
         inputs.emit(exp, Event("started", name, units=plan.units, version=writer.number,
@@ -347,7 +376,12 @@ class ExperimentRun:
         cache_dir = str(self.store.root / CACHE_DIR) if any(
             s.cacheable for s in exp.pipeline.steps) else None
         key = uuid.uuid4().hex
-        outcomes = await self._dispatch(plan, seeds, views, writer.path, cache_dir, key, blob)
+        header = {
+            "fingerprint": fingerprint,
+            "treatments": {c: treatment_fingerprint(exp, c) for c in exp.conditions},
+            "upstreams": {p: v.version for p, v in views.items()},
+        }
+        outcomes = await self._dispatch(plan, seeds, views, writer, header, cache_dir, key, blob)
 
         records: dict[str, ConditionRecord] = {}
         errors: dict[str, BaseException] = {}
@@ -356,7 +390,8 @@ class ExperimentRun:
             unread = unread_key_warnings(exp, cond, mine.values())
             for warning in unread:
                 inputs.emit(exp, Event("warning", name, condition=cond, reason=warning))
-            records[cond] = condition_record(cond, seeds, mine, reused.get(cond), unread)
+            records[cond] = condition_record(cond, seeds, mine, reused[cond],
+                                             plan.warnings(cond), unread)
             errors.update((o.key, o.error) for o in mine.values() if o.error is not None)
         executed_units = [o for per in outcomes.values() for o in per.values()]
         failed = bool(executed_units) and all(o.error is not None for o in executed_units) \
@@ -372,16 +407,11 @@ class ExperimentRun:
             if cause:
                 failure = (cause, HypothesisError(cause))
         finished = time.time()
-        stored_conditions = plan.source.metadata.conditions if plan.source else {}
 
         def condition_meta(cond: str, results: FileRecord) -> ConditionMeta:
-            mine = outcomes.get(cond, {})
-            before = stored_conditions.get(cond)
             return ConditionMeta(
-                treatment=treatment_fingerprint(exp, cond),
-                origin=before.origin if before is not None and not mine else uuid.uuid4().hex,
-                upstreams=origins.get(cond, {}), state=records[cond].state,
-                executed_replicates=tuple(sorted(mine)), results=results,
+                treatment=header["treatments"][cond], state=records[cond].state,
+                executed_replicates=tuple(sorted(outcomes.get(cond, {}))), results=results,
             )
 
         def write_conditions() -> VersionMetadata:
@@ -405,7 +435,7 @@ class ExperimentRun:
             )
 
         metadata = await anyio.to_thread.run_sync(write_conditions)
-        reused_conditions = [c for c in plan.reuse if c not in outcomes]
+        reused_conditions = [c for c in exp.conditions if c not in plan.execute]
         result: Result | None = None
         if failure is None:
             # Hypotheses and plugins run before the version is published: if a verifier, a
@@ -414,7 +444,7 @@ class ExperimentRun:
                 result = build_result(
                     exp, writer.number, writer.path, records, executed=True, errors=errors,
                     provenance=_provenance(metadata), reason=plan.reason,
-                    reused=reused_conditions,
+                    reused=reused_conditions, unit_reasons=plan.unit_reasons,
                 )
                 for plugin in exp.plugins:
                     plugin.after_run(exp, result)
@@ -440,7 +470,7 @@ class ExperimentRun:
             partial = build_result(
                 exp, writer.number, writer.path, records, executed=True, errors=errors,
                 provenance=_provenance(metadata), reason=plan.reason, reused=reused_conditions,
-                failed=True,
+                failed=True, unit_reasons=plan.unit_reasons,
             )
             raise ExperimentRunFailed(failure[0], partial, failure[1])
         assert result is not None
@@ -449,15 +479,16 @@ class ExperimentRun:
         return result
 
     async def _dispatch(
-        self, plan: Plan, seeds: list[int], views: dict[str, UpstreamView], version_path: Path,
-        cache_dir: str | None, key: str, blob: bytes | None,
+        self, plan: Plan, seeds: list[int], views: dict[str, UpstreamView],
+        writer: VersionWriter, header: dict[str, Any], cache_dir: str | None, key: str,
+        blob: bytes | None,
     ) -> dict[str, dict[int, UnitOutcome]]:
         exp, inputs = self.exp, self.inputs
         name = exp.name or ""
         # Made as they are needed, at most UNIT_WINDOW at a time: a huge replicate count must
         # not hold every unit in memory at once.
         jobs = (
-            UnitJob(exp, UnitTask(cond, rep, seeds[rep], str(version_path), views, cache_dir),
+            UnitJob(exp, UnitTask(cond, rep, seeds[rep], str(writer.path), views, cache_dir),
                     blob, key)
             for cond, reps in plan.execute.items() for rep in reps
         )
@@ -477,13 +508,18 @@ class ExperimentRun:
                         inputs.submit(name, job, send)
 
             feed(UNIT_WINDOW)
-            for _ in range(total):
+            for left in range(total - 1, -1, -1):
                 outcome = await receive.receive()
                 feed(1)
                 outcomes.setdefault(outcome.condition, {})[outcome.replicate] = outcome
                 for worker in outcome.lost_workers:
                     inputs.emit(exp, Event("worker_lost", name, condition=outcome.condition,
                                           replicate=outcome.replicate, worker=worker))
+                # Journaled, a finished unit survives an interruption of the run; the last one
+                # is published with the version moments later, so it needs no journal of its own.
+                if outcome.error is None and left:
+                    writer.journal(header, outcome.condition,
+                                   unit_record(outcome, seeds[outcome.replicate]))
                 error = None
                 if outcome.error is not None:
                     error = f"{type(outcome.error).__name__}: {outcome.error}"
@@ -511,12 +547,11 @@ def _provenance(metadata: VersionMetadata) -> dict[str, Any]:
         "timings": dict(metadata.timings),
         "strategy": metadata.strategy,
         "executor": metadata.executor,
-        "origins": {c: i.origin for c, i in metadata.conditions.items()},
     }
 
 
 def load_stored_result(stored: StoredVersion) -> Result | None:
-    """A minimal Result for an upstream read from disk (artifacts and origins, no values)."""
+    """A minimal Result for an upstream read from disk (artifacts and hashes, no values)."""
     records = {}
     for cond in stored.metadata.conditions:
         try:

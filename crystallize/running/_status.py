@@ -1,23 +1,27 @@
-"""What a run of a graph would do with each experiment, without running anything.
+"""What a run of a graph would do with each experiment and unit, without running anything.
 
-Shared by ``crystallize status`` and the graph diagram. The decision is the run's own
-(:func:`plan_run` on the version a resume would start from, of each experiment as
-:func:`configure` sets it up for a run, under its own strategy), so the two can never
-disagree: an experiment is *complete* when a run would reuse its stored run, *stale* when it
-would rerun (with the reason), and *never run* when the store holds no run.
+Shared by ``crystallize run --dry-run``, ``crystallize status`` and the graph diagram. The
+decision is the run's own (:func:`plan_run` on the version a resume would start from, of each
+experiment as :func:`configure` sets it up for a run, under its own strategy), so they can
+never disagree: an experiment is *complete* when a run would reuse its stored run, *stale* when
+it would rerun (with the reason), and *never run* when the store holds no run. An upstream that
+would rerun is planned first; what its rerun units would write is unknown, so the units that
+read it are planned to run (a real run may still reuse them, if the rerun writes identical
+artifacts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from ..model import BASELINE
-from ..store import ExperimentStore, StoredVersion
+from ..store import ExperimentStore, Journal
 from ._configure import configure
-from ._resume import experiment_fingerprint, plan_run
+from ._node import load_stored_result, upstream_view
+from ._resume import PENDING, Plan, experiment_fingerprint, plan_run
+from ._unit import UpstreamView
 
 if TYPE_CHECKING:
     from ..experiment import Experiment, ExperimentGraph
@@ -75,24 +79,77 @@ def treatment_labels(graph: ExperimentGraph, name: str) -> list[str]:
     return labels
 
 
-def upstream_origins(
-    experiment: Experiment, stored: Mapping[str, StoredVersion | None]
-) -> dict[str, dict[str, str]]:
-    """Per condition of ``experiment``, the origin token of each upstream run it would read.
+def _planned_view(exp: Experiment, plan: Plan) -> UpstreamView:
+    """What ``exp``'s run would offer its consumers: reused units' artifacts as stored, the
+    units it would execute as :data:`PENDING`."""
+    names = [art.name for art in exp.outputs.values()]
+    artifacts: dict[str, dict[str, list[str | None]]] = {}
+    hashes: dict[str, dict[str, list[str | None]]] = {}
+    for cond in exp.conditions:
+        units = [plan.reuse.get((cond, r), (None, None))[1] for r in range(exp.replicates)]
+        artifacts[cond] = {n: [u.artifacts[n].path if u and n in u.artifacts else None
+                               for u in units] for n in names}
+        hashes[cond] = {n: [(u.artifacts[n].blake2b if n in u.artifacts else None) if u
+                            else PENDING for u in units] for n in names}
+    source = plan.source
+    return UpstreamView(
+        experiment=exp.name or "", version=source.number if plan.fully_reused and source else -1,
+        path=str(source.path if source else ""), replicates=exp.replicates, artifacts=artifacts,
+        hashes=hashes,
+    )
 
-    ``stored`` maps each producer to the version that would be read; a condition the producer
-    never ran reads the producer's baseline, as at run time.
+
+@dataclass(frozen=True)
+class Planned:
+    """What a run would do with one experiment (see :func:`plan_graph`)."""
+
+    experiment: Experiment
+    plan: Plan
+    root: Path
+    #: the version a resume would start from
+    version: int | None
+    #: why newer versions were passed over
+    notes: tuple[str, ...]
+
+
+def plan_graph(
+    graph: ExperimentGraph, *, replicates: int | None = None, strategy: str | None = None,
+    force: Iterable[str] = (),
+) -> dict[str, Planned]:
+    """The plan a run of ``graph`` would make for each experiment, in topological order.
+
+    Reads the store only (metadata, results, journals, artifact sizes); nothing is run,
+    locked, written or unpickled.
     """
-    origins: dict[str, dict[str, str]] = {}
-    for producer in dict.fromkeys(a.producer or "" for a in experiment.consumed_artifacts()):
-        version = stored.get(producer)
-        if version is None:
-            continue
-        produced = {c: info.origin for c, info in version.metadata.conditions.items()}
-        for condition in experiment.conditions:
-            read = condition if condition in produced else BASELINE
-            origins.setdefault(condition, {})[producer] = produced.get(read) or "missing"
-    return origins
+    planned: dict[str, Planned] = {}
+    views: dict[str, UpstreamView | None] = {}
+    for name, exp in configure(graph, replicates=replicates, strategy=strategy,
+                               force=force).items():
+        root = exp.store_plugin.root_dir.resolve()
+        store = ExperimentStore(root, name)
+        for art in exp.consumed_artifacts():
+            producer = art.producer or ""
+            if producer not in views:  # produced outside the graph: read from disk at run time
+                stored = ExperimentStore(root, producer).scan().version
+                result = load_stored_result(stored) if stored is not None else None
+                views[producer] = upstream_view(result) if result is not None else None
+        upstreams = {p: v for a in exp.consumed_artifacts()
+                     if (v := views.get(p := a.producer or "")) is not None}
+        scan = store.scan()
+        after = scan.version.number if scan.version else None
+
+        def interrupted(store: ExperimentStore = store, after: int | None = after
+                        ) -> list[Journal]:
+            found = (Journal.read(n, store.dir / f"v{n}") for n in store.newer_than(after))
+            return [j for j in found if j is not None]
+
+        plan = plan_run(
+            exp, strategy=exp.strategy, fingerprint=experiment_fingerprint(exp),
+            stored=scan.version, interrupted=interrupted, upstreams=upstreams, notes=scan.notes,
+        )
+        planned[name] = Planned(exp, plan, root, after, scan.notes)
+        views[name] = _planned_view(exp, plan)
+    return planned
 
 
 def experiment_status(graph: ExperimentGraph) -> dict[str, Status]:
@@ -104,35 +161,17 @@ def experiment_status(graph: ExperimentGraph) -> dict[str, Status]:
     recomputes it.
     """
     statuses: dict[str, Status] = {}
-    newest: dict[str, StoredVersion | None] = {}
-    for name, exp in configure(graph).items():
-        root = exp.store_plugin.root_dir.resolve()
-        scan = ExperimentStore(root, name).scan()
-        stored = newest[name] = scan.version
-        for art in exp.consumed_artifacts():
-            producer = art.producer or ""
-            if producer not in newest:  # produced outside the graph: read from disk at run time
-                newest[producer] = ExperimentStore(root, producer).scan().version
-        number = stored.number if stored is not None else None
-        if exp.strategy != "resume":
+    for name, p in plan_graph(graph).items():
+        number = p.version
+        if p.experiment.strategy != "resume":
             last = f"; newest stored run v{number}" if number is not None else ""
             statuses[name] = Status("stale" if number is not None else "never run",
                                     f"strategy is rerun: every run recomputes it{last}",
-                                    number, root)
-            continue
-        if stored is None:
-            why = "; ".join([*scan.notes, "no complete run in the store"])
-            statuses[name] = Status("stale" if scan.notes else "never run", why, None, root)
-            continue
-        rerunning = [p for p in graph.upstream(name) if statuses[p].state != "complete"]
-        if rerunning:
-            why = ", ".join(f"{p} is {statuses[p].state}" for p in rerunning)
-            statuses[name] = Status("stale", f"upstream {why}", number, root)
-            continue
-        plan = plan_run(
-            exp, strategy="resume", stored=stored, fingerprint=experiment_fingerprint(exp),
-            upstream_origins=upstream_origins(exp, newest), notes=scan.notes,
-        )
-        state: State = "complete" if plan.fully_reused else "stale"
-        statuses[name] = Status(state, plan.reason, number, root)
+                                    number, p.root)
+        elif number is None:
+            why = "; ".join([*p.notes, "no complete run in the store"])
+            statuses[name] = Status("stale" if p.notes else "never run", why, None, p.root)
+        else:
+            state: State = "complete" if p.plan.fully_reused else "stale"
+            statuses[name] = Status(state, p.plan.reason, number, p.root)
     return statuses

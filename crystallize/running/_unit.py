@@ -52,6 +52,22 @@ class UpstreamView:
     artifacts: dict[str, dict[str, list[str | None]]]
     #: condition -> replicate -> why that upstream unit failed
     errors: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: condition -> artifact file name -> content hash per replicate (None where unknown)
+    hashes: dict[str, dict[str, list[str | None]]] = field(default_factory=dict)
+
+    def locate(self, condition: str, replicate: int) -> tuple[str, int]:
+        """The condition and replicate of this upstream that a consumer unit reads from: its
+        own condition (the baseline only where the upstream never had that condition; one it
+        ran is never replaced) and replicate ``replicate % upstream replicates``."""
+        if condition not in self.artifacts:
+            condition = BASELINE
+        return condition, replicate % self.replicates
+
+    def content_hash(self, condition: str, name: str, replicate: int) -> str | None:
+        """The hash of the artifact a consumer unit of ``condition`` x ``replicate`` reads."""
+        condition, replicate = self.locate(condition, replicate)
+        per_rep = self.hashes.get(condition, {}).get(name, [])
+        return per_rep[replicate] if replicate < len(per_rep) else None
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,8 @@ class UnitOutcome:
     replicate: int
     metrics: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, FileRecord] = field(default_factory=dict)
+    #: producer -> file name -> content hash of each upstream artifact this unit read
+    reads: dict[str, dict[str, str | None]] = field(default_factory=dict)
     error: BaseException | None = None
     traceback: str | None = None
     steps: list[tuple[str, float]] = field(default_factory=list)
@@ -140,10 +158,9 @@ class UnitRun:
                 producer=artifact.producer,
             )
         condition = self.task.condition
-        rep = self.task.replicate % view.replicates
-        if condition not in view.artifacts:
-            # Only a condition the producer never had falls back; one it ran is never replaced.
-            path = self._upstream_file(view, BASELINE, rep, artifact)
+        read, rep = view.locate(condition, self.task.replicate)
+        if read != condition:
+            path = self._upstream_file(view, read, rep, artifact)
             # One message for all replicates of the condition (they differ only in replicate_N).
             shown = Path(view.path) / re.sub(r"^replicate_\d+", "replicate_*",
                                              str(path.relative_to(view.path)))
@@ -160,6 +177,9 @@ class UnitRun:
         per_rep = view.artifacts.get(condition, {}).get(artifact.name)
         rel = per_rep[rep] if per_rep is not None and rep < len(per_rep) else None
         if rel is not None:
+            # What the unit read, by content: resume reuses it while these hashes still match.
+            self.outcome.reads.setdefault(view.experiment, {})[artifact.name] = (
+                view.content_hash(condition, artifact.name, rep))
             return Path(view.path) / rel
         # Where the producer would have written it; * stands for the step that never did.
         missing = (Path(view.path) / f"replicate_{rep}" / condition / (artifact.step or "*")

@@ -6,6 +6,7 @@ Knows nothing of experiments beyond names and fingerprints.
 
 from ._cache import CACHE_DIR, StepCache
 from ._history import MetricRow, MetricSummary, StoredRun, last_run, metric_rows, stored_runs
+from ._journal import Journal
 from ._known_code import KNOWN_CODE, keep_code, recall_code
 from ._leases import LeaseBook, StoreWarning, unusable_lock
 from ._records import (
@@ -13,6 +14,7 @@ from ._records import (
     ConditionMeta,
     ConditionRecord,
     FileRecord,
+    Reads,
     StoredValue,
     UnitRecord,
     UnitState,
@@ -21,6 +23,7 @@ from ._records import (
     VersionStatus,
     content_hash,
     file_hash,
+    load_value,
     unstorable_leaf,
 )
 from ._store import (
@@ -29,6 +32,7 @@ from ._store import (
     Removal,
     Scan,
     StoredVersion,
+    VersionWriter,
     atomic_write,
     check_name,
     path_name_problem,
@@ -36,9 +40,10 @@ from ._store import (
 
 __all__ = [
     "CACHE_DIR", "KNOWN_CODE", "MARKER", "SCHEMA_VERSION", "ConditionMeta", "ConditionRecord",
-    "ExperimentStore", "FileRecord", "LeaseBook", "MetricRow", "MetricSummary", "Removal",
-    "Scan", "StepCache", "StoreWarning", "StoredRun", "StoredValue", "StoredVersion",
-    "UnitRecord", "UnitState", "UnitTiming", "VersionMetadata", "VersionStatus", "atomic_write",
-    "check_name", "content_hash", "file_hash", "keep_code", "last_run", "metric_rows",
-    "path_name_problem", "recall_code", "stored_runs", "unstorable_leaf", "unusable_lock",
+    "ExperimentStore", "FileRecord", "Journal", "LeaseBook", "MetricRow", "MetricSummary",
+    "Reads", "Removal", "Scan", "StepCache", "StoreWarning", "StoredRun", "StoredValue",
+    "StoredVersion", "UnitRecord", "UnitState", "UnitTiming", "VersionMetadata",
+    "VersionStatus", "VersionWriter", "atomic_write", "check_name", "content_hash", "file_hash",
+    "keep_code", "last_run", "load_value", "metric_rows", "path_name_problem", "recall_code",
+    "stored_runs", "unstorable_leaf", "unusable_lock",
 ]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import CorruptRecordError, UnstorableValueError
+from ._reads import Reads, reads_of
 
 #: Bumped whenever the layout of a record changes; older records are rerun, never guessed at.
 SCHEMA_VERSION = 2
@@ -350,6 +351,8 @@ class UnitRecord:
     timing: UnitTiming | None = None
     #: the failed unit's traceback, as the worker formatted it
     traceback: str | None = None
+    #: the upstream artifacts it read, by content (None where not recorded: never reused)
+    reads: Reads | None = None
 
 
 @dataclass(frozen=True)
@@ -409,6 +412,7 @@ class ConditionRecord:
             "tracebacks": {str(u.replicate): u.traceback for u in self.units
                            if u.traceback is not None},
             "warnings": list(self.warnings),
+            "reads": [u.reads for u in self.units],
         })
 
     @classmethod
@@ -429,7 +433,9 @@ class ConditionRecord:
         warnings = r.get("warnings", list, [])
         if not all(isinstance(w, str) for w in warnings):
             r.fail("warnings", "expected a list of strings")
-        for key, column in (("states", states), ("seeds", seeds), ("timings", timings)):
+        reads = r.get("reads", list, [None] * n)
+        for key, column in (("states", states), ("seeds", seeds), ("timings", timings),
+                            ("reads", reads)):
             if len(column) != n:
                 r.fail(key, f"expected {n} entries (one per replicate), got {len(column)}")
         if any(s not in _UNIT_STATES for s in states):
@@ -455,7 +461,8 @@ class ConditionRecord:
             timing = None if timings[rep] is None else UnitTiming.read(
                 _Reader(path, timings[rep], f"timings[{rep}]"))
             units.append(UnitRecord(rep, states[rep], seeds[rep], values, arts,
-                                    errors.get(str(rep)), timing, tracebacks.get(str(rep))))
+                                    errors.get(str(rep)), timing, tracebacks.get(str(rep)),
+                                    reads_of(r, f"reads[{rep}]", reads[rep])))
         return cls(r.get("condition", str), tuple(units), tuple(warnings))
 
     def side_files(self) -> list[FileRecord]:
@@ -492,9 +499,6 @@ class ConditionMeta:
     """What ``metadata.json`` says about one condition of the version."""
 
     treatment: str
-    #: fresh whenever the condition is computed, carried over when it is reused
-    origin: str
-    upstreams: Mapping[str, str]
     state: UnitState
     executed_replicates: tuple[int, ...]
     #: the condition's ``results.json`` as written (so a hand edit or truncation shows)
@@ -548,8 +552,7 @@ class VersionMetadata:
             "status": self.status,
             "replicates": self.replicates,
             "conditions": {c: {
-                "treatment": i.treatment, "origin": i.origin, "upstreams": dict(i.upstreams),
-                "state": i.state, "complete": i.complete,
+                "treatment": i.treatment, "state": i.state, "complete": i.complete,
                 "executed_replicates": list(i.executed_replicates),
                 "results": _file_json(i.results),
             } for c, i in self.conditions.items()},
@@ -577,8 +580,7 @@ class VersionMetadata:
         for name in r.get("conditions", dict):
             c = r.sub("conditions").sub(name)
             conditions[name] = ConditionMeta(
-                treatment=c.get("treatment", str), origin=c.get("origin", str),
-                upstreams=c.strings("upstreams"), state=c.choice("state", _UNIT_STATES),
+                treatment=c.get("treatment", str), state=c.choice("state", _UNIT_STATES),
                 executed_replicates=c.ints("executed_replicates"), results=c.file("results"),
             )
         if not conditions:

@@ -7,6 +7,7 @@ Layout of one version::
     vN/<condition>/values/<n>.npy|pkl  # metric values JSON cannot hold (read only when needed)
     vN/<condition>/.crystallize_complete   # only after results.json, for a complete condition
     vN/replicate_<r>/<condition>/<step>/<file>    # artifacts, written by the units
+    vN/units.jsonl                     # journal of the units finished while it is written
     vN/.doomed                         # briefly, while a pruner decides
 
 The records themselves (and why reading them runs no code) are in ``_records``.
@@ -15,8 +16,13 @@ Crash consistency comes from ordering and atomic renames: every file is written 
 name and renamed into place, a marker only after the files it vouches for, and
 ``metadata.json`` only after every marker. ``metadata.json`` records the size and hash of each
 ``results.json``, which records those of each artifact, so a truncated or edited file is seen.
-A version without a readable ``metadata.json`` is never used. Older versions are pruned only
-after a newer one is complete.
+A version without a readable ``metadata.json`` is never used as a whole. Older versions are
+pruned only after a newer one is complete.
+
+While a version is written, each unit that finishes is appended to its journal (one line in one
+``write``, after the unit's artifacts and value files are in place), so a run that is
+interrupted keeps what it finished: a later resume reuses those units. The first line says
+which run it was (fingerprint, treatments); a torn or garbled line is skipped.
 
 Concurrency comes from kernel file locks (``filelock``), which the OS releases when a holder
 dies, so a crashed process never blocks a later one. Locks are taken per run, not per file, to
@@ -58,11 +64,13 @@ from typing import Any
 from filelock import FileLock
 
 from ..errors import CorruptRecordError, InvalidNameError, StoreError
+from ._journal import JOURNAL, journal_line
 from ._leases import LeaseBook, held_by_someone, unusable_lock
 from ._records import (
     ConditionRecord,
     Encoder,
     FileRecord,
+    UnitRecord,
     VersionMetadata,
     content_hash,
 )
@@ -207,24 +215,46 @@ class VersionWriter:
     path: Path
     fsync: bool
 
-    def reuse(self, source: StoredVersion, record: ConditionRecord, replicates: int) -> None:
-        """Bring the complete units of a condition over from ``source`` without recomputing.
+    journaled: bool = False
+
+    def reuse(self, source: Path, unit: UnitRecord) -> None:
+        """Bring a unit's artifacts over from the version at ``source`` without recomputing it.
 
         Artifacts are hard-linked (copied where links are impossible), so the source version can
         later be pruned without affecting this one.
         """
-        for unit in record.units[:replicates]:
-            if unit.state != "complete":
-                continue
-            for art in unit.artifacts.values():
-                dst = self.path / art.path
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(source.path / art.path, dst)
-                except FileExistsError:
-                    pass
-                except OSError:
-                    shutil.copy2(source.path / art.path, dst)
+        for art in unit.artifacts.values():
+            dst = self.path / art.path
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source / art.path, dst)
+            except FileExistsError:
+                pass
+            except OSError:
+                shutil.copy2(source / art.path, dst)
+
+    def journal(self, header: dict[str, Any], condition: str, unit: UnitRecord) -> None:
+        """Append a finished unit to the journal (created with ``header`` on first use)."""
+        encoder = Encoder(f"{condition}/values/r{unit.replicate}-")
+        line = journal_line(condition, unit, encoder)
+        for rel, payload in encoder.side:
+            atomic_write(self.path / rel, payload, fsync=self.fsync)
+        flags = os.O_WRONLY | os.O_APPEND
+        if not self.journaled:
+            line = json.dumps(header).encode() + b"\n" + line
+            flags |= os.O_CREAT
+        fd = os.open(self.path / JOURNAL, flags, 0o644)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self.fsync and not self.journaled:
+            fsync_dir(self.path)
+        self.journaled = True
 
     def finish_condition(self, record: ConditionRecord) -> FileRecord:
         """Write the condition's value files and ``results.json``, then its marker if complete.
@@ -355,6 +385,20 @@ class ExperimentStore:
             if version is not None and version.metadata.status != "failed":
                 return Scan(version, tuple(notes))
         return Scan(None, tuple(notes))
+
+    def newer_than(self, number: int | None) -> list[int]:
+        """Versions newer than ``number`` (all when None), newest first. Newer than the version
+        :meth:`scan` starts from, they were never published (interrupted, or still running),
+        failed, or are unreadable; their journals may still hold finished units."""
+        return [n for n in self.version_numbers() if number is None or n > number]
+
+    def claim_unfinished(self, book: LeaseBook, number: int) -> bool:
+        """:meth:`claim` for a version resume does not start from (see :meth:`newer_than`)."""
+        book.claim(self.name, number)
+        path = self.dir / f"v{number}"
+        if (path / DOOMED).exists() and held_by_someone(self.dir / ".lock"):
+            return False
+        return path.is_dir()
 
     def newest_complete(self) -> StoredVersion | None:
         """The newest version whose ``metadata.json`` says complete, or None."""

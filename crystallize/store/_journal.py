@@ -1,0 +1,78 @@
+"""The journal of a version being written: one line per unit that finished, so that a run
+interrupted by Ctrl-C, ``kill -9`` or a failure elsewhere keeps what it finished.
+
+The first line says which run it is (fingerprint, treatments, upstream versions). Each further
+line is a complete unit, appended in one ``write`` after its artifacts and value files are in
+place, so a line never vouches for a file that is not there; a torn or garbled line is skipped.
+Reading it unpickles nothing (values JSON cannot hold stay placeholders, as in ``_records``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import CorruptRecordError
+from ._reads import reads_of
+from ._records import Encoder, UnitRecord, _file_json, _Reader, decode_json, dump_json
+
+JOURNAL = "units.jsonl"
+
+
+def journal_line(condition: str, unit: UnitRecord, encoder: Encoder) -> bytes:
+    """The journal line of a finished unit (its value files go to ``encoder.side``)."""
+    return dump_json({
+        "condition": condition, "replicate": unit.replicate, "seed": unit.seed,
+        "metrics": {n: encoder.encode(v) for n, v in unit.metrics.items()},
+        "artifacts": {n: _file_json(f) for n, f in unit.artifacts.items()},
+        "reads": unit.reads,
+    }) + b"\n"
+
+
+def _read_line(path: Path, data: bytes) -> tuple[str, UnitRecord]:
+    try:
+        obj = decode_json(data)
+    except ValueError as exc:
+        raise CorruptRecordError(f"{path}: not valid JSON ({exc})", path=path) from None
+    r = _Reader(path, obj)
+    arts = r.sub("artifacts")
+    unit = UnitRecord(r.get("replicate", int), "complete", r.get("seed", int),
+                      r.get("metrics", dict), {n: arts.file(n) for n in arts.obj},
+                      reads=reads_of(r, "reads", r.obj.get("reads")))
+    return r.get("condition", str), unit
+
+
+@dataclass(frozen=True)
+class Journal:
+    """The journal of a version that was never published (an interrupted run)."""
+
+    number: int
+    path: Path
+    header: dict[str, Any]
+    #: condition -> replicate -> the finished unit
+    units: dict[str, dict[int, UnitRecord]]
+
+    @classmethod
+    def read(cls, number: int, path: Path) -> Journal | None:
+        """The journal of the version at ``path``, or None if it has none."""
+        try:
+            data = (path / JOURNAL).read_bytes()
+        except OSError:
+            return None
+        lines = data.split(b"\n")[:-1]  # what follows the last newline may be torn
+        try:
+            header = json.loads(lines[0]) if lines else None
+        except ValueError:
+            header = None
+        if not isinstance(header, dict):
+            return None
+        units: dict[str, dict[int, UnitRecord]] = {}
+        for line in lines[1:]:
+            try:
+                condition, unit = _read_line(path / JOURNAL, line)
+            except CorruptRecordError:
+                continue
+            units.setdefault(condition, {})[unit.replicate] = unit
+        return cls(number, path, header, units)
