@@ -165,7 +165,7 @@ def known_code(*, only_if_added: bool) -> dict[str, Any] | None:
         if only_if_added and not _known_added:
             return None
         _known_added = False
-        entries = list(_KNOWN.items())
+        entries = [(path, (*known[:2], dict(known[2]))) for path, known in _KNOWN.items()]
     files: dict[str, Any] = {}
     for filename, (size, mtime_ns, codes) in entries:
         if _file_identity(filename) != (size, mtime_ns):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def recall_code(root: Path) -> None:
 
 def keep_code(roots: Iterable[Path]) -> None:
     """Write the code facts of this process into each existing root, if any were computed."""
-    roots = [root for root in roots if root.is_dir()]
+    # os.path, not Path.is_dir: called on the way out of a run, it must not raise over its error
+    roots = [root for root in roots if os.path.isdir(root)]
     for root in roots:
         recall_code(root)  # what another process added meanwhile is kept too
     document = known_code(only_if_added=True)
