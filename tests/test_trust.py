@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from test_core import numbers, scale, total
 
 import crystallize
 from crystallize import (
@@ -27,7 +28,6 @@ from crystallize import (
     GraphError,
     LoggingPlugin,
     Treatment,
-    data_source,
     hypothesis,
     pipeline_step,
     verifier,
@@ -42,21 +42,6 @@ from crystallize.errors import (
 from crystallize.running import ReproducibilityWarning
 
 REPO = Path(crystallize.__file__).resolve().parents[1]
-
-
-@data_source
-def numbers(ctx, n=5):
-    return list(range(n))
-
-
-@pipeline_step()
-def scale(data, ctx, factor=1):
-    return [x * factor for x in data]
-
-
-@pipeline_step()
-def total(data, ctx):
-    return data, {"total": sum(data)}
 
 
 @pipeline_step()

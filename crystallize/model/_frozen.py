@@ -24,44 +24,44 @@ _IMMUTABLE = (
 )
 
 
-def _refuse(self: object, *args: Any, **kwargs: Any) -> NoReturn:
+def _refuse(self: _ReadOnly, *args: Any, **kwargs: Any) -> NoReturn:
     raise TypeError(
-        f"this {type(self).__mro__[1].__name__} is a context value and read-only: changing it "
-        "in place would change what other steps and units see. Work on a copy "
-        "(dict(value), list(value), copy.deepcopy(value)) and add it under a new key"
+        f"this {self._base.__name__} is a context value and read-only: changing it in place "
+        "would change what other steps and units see. Work on a copy (dict(value), "
+        "list(value), copy.deepcopy(value)) and add it under a new key"
     )
 
 
-class FrozenDict(dict[Any, Any]):
+class _ReadOnly:
+    """What the read-only containers share: a copy is the object itself (nothing can change
+    it), and pickling rebuilds it from a plain ``_base`` of its items."""
+
+    _base: type[Any]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self._base(self),))
+
+    def __copy__(self) -> Any:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return self
+
+
+class FrozenDict(_ReadOnly, dict[Any, Any]):
     """A ``dict`` that refuses every change."""
 
+    _base = dict
     __setitem__ = __delitem__ = __ior__ = _refuse
     clear = pop = popitem = setdefault = update = _refuse
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (FrozenDict, (dict(self),))
 
-    def __copy__(self) -> FrozenDict:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenDict:
-        return self
-
-
-class FrozenList(list[Any]):
+class FrozenList(_ReadOnly, list[Any]):
     """A ``list`` that refuses every change."""
 
+    _base = list
     __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
     append = extend = insert = pop = remove = clear = sort = reverse = _refuse
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (FrozenList, (list(self),))
-
-    def __copy__(self) -> FrozenList:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenList:
-        return self
 
 
 def _numpy_readonly(value: Any) -> Any:
