@@ -29,11 +29,11 @@ def keep_code(roots: Iterable[Path]) -> None:
     """Write the code facts of this process into each existing root, if any were computed."""
     # os.path, not Path.is_dir: called on the way out of a run, it must not raise over its error
     roots = [root for root in roots if os.path.isdir(root)]
+    if known_code(only_if_added=True) is None:  # a resume that learnt nothing writes nothing
+        return
     for root in roots:
         recall_code(root)  # what another process added meanwhile is kept too
-    document = known_code(only_if_added=True)
-    if document is None:
-        return
+    document = known_code(only_if_added=False)
     payload = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
     for root in roots:
         with contextlib.suppress(OSError):  # a read-only store still runs, a little slower
