@@ -260,6 +260,24 @@ def test_truncated_artifact_or_edited_results_are_rerun_with_the_reason():
     assert third.metrics.baseline.metrics["total"] == [6, 6, 6]
 
 
+def test_a_record_pointing_outside_its_version_is_refused_not_followed():
+    from crystallize.store import content_hash
+
+    first = experiment(strategy="resume").run(executor="inline")
+    v0 = first.version_dir
+    results = v0 / "baseline" / "results.json"
+    data = results.read_text().replace("replicate_0/baseline", "../../../outside")
+    results.write_text(data)
+    meta = json.loads((v0 / "metadata.json").read_text())  # re-sealed, as an attacker would
+    meta["conditions"]["baseline"]["results"].update(size=len(data.encode()),
+                                                     blake2b=content_hash(data.encode()))
+    (v0 / "metadata.json").write_text(json.dumps(meta))
+    status = experiment_status(ExperimentGraph(experiment(strategy="resume")))["solo"]
+    assert status.state == "stale" and "is not inside the version" in status.reason
+    again = experiment(strategy="resume").run(executor="inline")
+    assert again.executed and not Path("outside").exists()  # v0/../../../outside
+
+
 @pytest.mark.parametrize("edit", [
     lambda meta: "a string",
     lambda meta: {**meta, "conditions": []},

@@ -22,7 +22,6 @@ from ._records import (
     VersionMetadata,
     VersionStatus,
     content_hash,
-    file_hash,
     load_value,
     unstorable_leaf,
 )
@@ -43,7 +42,7 @@ __all__ = [
     "ExperimentStore", "FileRecord", "Journal", "LeaseBook", "MetricRow", "MetricSummary",
     "Reads", "Removal", "Scan", "StepCache", "StoreWarning", "StoredRun", "StoredValue",
     "StoredVersion", "UnitRecord", "UnitState", "UnitTiming", "VersionMetadata",
-    "VersionStatus", "VersionWriter", "atomic_write", "check_name", "content_hash", "file_hash",
+    "VersionStatus", "VersionWriter", "atomic_write", "check_name", "content_hash",
     "keep_code", "last_run", "load_value", "metric_rows", "path_name_problem", "recall_code",
     "stored_runs", "unstorable_leaf", "unusable_lock",
 ]

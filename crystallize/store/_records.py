@@ -9,9 +9,10 @@ complete, and nobody has to infer that from a missing key.
 Reading a record never unpickles. Values JSON holds stay JSON; tuples, sets, bytes, dicts with
 keys other than strings, and numpy scalars are tagged JSON; numpy arrays are ``.npy`` files
 (read with ``allow_pickle=False``); anything else is pickled into a side file. Side files are
-only :class:`StoredValue` placeholders until :func:`load_values` is called, which happens only
-where a run or a ``Result`` needs the values, never for ``status``, ``clean`` or resume checks.
-Every structural problem in a record is a :class:`CorruptRecordError` naming the file and key.
+only :class:`StoredValue` placeholders until :meth:`ConditionRecord.with_values` loads them,
+which happens only where a run or a ``Result`` needs the values, never for ``status``,
+``clean`` or resume checks. Every structural problem in a record is a
+:class:`CorruptRecordError` naming the file and key; so is a file path that leaves ``vN/``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pickle
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from ..errors import CorruptRecordError, UnstorableValueError
@@ -47,15 +48,6 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def file_hash(path: Path) -> str:
-    """:func:`content_hash` of a file, read in chunks so a large artifact is never all in memory."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class FileRecord:
     """A file of a version: its path relative to ``vN/``, size in bytes and content hash."""
@@ -63,6 +55,12 @@ class FileRecord:
     path: str
     size: int
     blake2b: str
+
+    def __post_init__(self) -> None:
+        # Records are read from disk: a path that leaves the version must not be followed.
+        parts = PurePosixPath(self.path).parts
+        if not parts or self.path.startswith("/") or ".." in parts or "\0" in self.path:
+            raise ValueError(f"file path {self.path!r} is not inside the version")
 
     @classmethod
     def of(cls, path: str, data: bytes) -> FileRecord:
@@ -250,7 +248,7 @@ class _Reader:
         raise CorruptRecordError(f"{self.path}: key {key!r}: {message}", path=self.path, key=key)
 
     def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
+        return f"{self.where}.{name}" if self.where and name else self.where or name
 
     def get(self, name: str, expected: type | tuple[type, ...], default: Any = ...) -> Any:
         if name not in self.obj:
@@ -298,8 +296,11 @@ class _Reader:
                       f"reads schema {SCHEMA_VERSION}")
 
     def file(self, name: str) -> FileRecord:
-        sub = self.sub(name)
-        return FileRecord(sub.get("path", str), sub.get("size", int), sub.get("blake2b", str))
+        sub = self.sub(name) if name else self
+        try:
+            return FileRecord(sub.get("path", str), sub.get("size", int), sub.get("blake2b", str))
+        except ValueError as exc:
+            return self.fail(self.key(name), str(exc))
 
 
 def _kind(value: Any) -> str:
@@ -455,9 +456,7 @@ class ConditionRecord:
                 if len(column) != n:
                     r.fail(f"files.{name}", f"expected {n} entries (one per replicate)")
                 if column[rep] is not None:
-                    entry = _Reader(path, column[rep], f"files.{name}[{rep}]")
-                    arts[name] = FileRecord(entry.get("path", str), entry.get("size", int),
-                                            entry.get("blake2b", str))
+                    arts[name] = _Reader(path, column[rep], f"files.{name}[{rep}]").file("")
             timing = None if timings[rep] is None else UnitTiming.read(
                 _Reader(path, timings[rep], f"timings[{rep}]"))
             units.append(UnitRecord(rep, states[rep], seeds[rep], values, arts,
