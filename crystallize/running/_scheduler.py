@@ -15,6 +15,7 @@ work, never so large that the workers would not all get a share of what is left.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import heapq
@@ -234,7 +235,10 @@ class Scheduler:
             count, wall = self._walls.get(name, (0, 0.0))
             self._walls[name] = (count + len(outcomes), wall + sum(o.wall for o in outcomes))
             for (_, out), outcome in zip(batch, outcomes, strict=True):
-                out.stream.send_nowait(outcome)
+                # A node that ended while its unit ran (fail-fast stopped the run, or it was
+                # cancelled) has closed its stream: nobody reads this outcome any more.
+                with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    out.stream.send_nowait(outcome)
 
     # -- running ----------------------------------------------------------------------------
     async def _node(self, name: str) -> None:
