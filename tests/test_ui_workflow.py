@@ -40,7 +40,10 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 def text_of(widget: Static) -> str:
-    return str(widget.render())
+    # What the widget shows, in full: Textual 2+ calls it `content`, 1.x (our floor) `renderable`;
+    # str(render()) of a 1.x widget is a repr that cuts long text short.
+    shown = widget.content if hasattr(widget, "content") else widget.renderable
+    return str(shown)
 
 
 async def wait_for(pilot, condition, what: str) -> None:
