@@ -335,6 +335,29 @@ def test_a_worker_traceback_is_carried_stored_and_printable():
     assert "inner_helper" in stored["tracebacks"]["0"]
 
 
+def test_a_worker_traceback_names_the_files_of_a_folder_experiment(tmp_path: Path):
+    # cloudpickle carries a folder experiment's modules to the worker by value and renames
+    # their code's file; the traceback must still point at steps.py and show its lines.
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("name: bad\nreplicates: 1\ndatasource:\n"
+                                        "  numbers: numbers\nsteps:\n  - explode\n")
+    (folder / "datasources.py").write_text(
+        "from crystallize import data_source\n\n@data_source\ndef numbers(ctx):\n"
+        "    return [1]\n")
+    steps = folder / "steps.py"
+    steps.write_text("from crystallize import pipeline_step\n\ndef helper():\n"
+                     "    raise ValueError('deep down')\n\n@pipeline_step()\n"
+                     "def explode(data, ctx):\n    return helper()\n")
+    exp = Experiment.from_yaml(folder / "config.yaml")
+    exp.plugins.append(ArtifactPlugin(root_dir=str(tmp_path / "data")))
+    with pytest.raises(ExperimentFailedError) as info:
+        exp.run(executor="process", max_workers=1)
+    text = unit_traceback(info.value.results["bad"].errors["baseline_rep_0"])
+    assert f'File "{steps}", line 4, in helper' in text, text
+    assert "raise ValueError('deep down')" in text and "<dynamic-code>" not in text
+
+
 # -- 8. nothing after the units leaves a complete-looking version -------------------------------
 def test_a_failing_verifier_leaves_no_complete_version_and_keeps_its_cause():
     calls = []

@@ -119,6 +119,34 @@ class UnitOutcome:
         return f"{self.condition}_rep_{self.replicate}"
 
 
+#: The file name cloudpickle gives code it carried by value (a folder experiment's modules).
+_BY_VALUE = "<dynamic-code>"
+
+
+def _format_traceback(exc: BaseException) -> str:
+    """``exc`` with its traceback as text, naming the user's source files also for code that
+    cloudpickle carried to this worker by value: it renames such code's file, but the
+    function's globals keep its module's ``__file__``, so the frame and its line can be shown.
+    """
+    shown = traceback.TracebackException.from_exception(exc, lookup_lines=False)
+    pending: list[tuple[traceback.TracebackException | None, BaseException | None]] = [
+        (shown, exc)]
+    seen: set[int] = set()
+    while pending:
+        summary, error = pending.pop()
+        if summary is None or error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        for frame_summary, (frame, _) in zip(
+            summary.stack, traceback.walk_tb(error.__traceback__), strict=False
+        ):
+            path = frame.f_globals.get("__file__")
+            if frame_summary.filename == _BY_VALUE and isinstance(path, str):
+                frame_summary.filename = path
+        pending += [(summary.__cause__, error.__cause__), (summary.__context__, error.__context__)]
+    return "".join(shown.format())
+
+
 def _portable(exc: BaseException) -> BaseException:
     """``exc`` if it survives pickling, else a :class:`UnitError` carrying its text."""
     try:
@@ -324,7 +352,7 @@ class UnitRun:
                 f"{where} {what}, which ends only this unit; to fail a unit, raise an exception"
             )
             exc.__cause__ = cause
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        text = _format_traceback(exc)
         # On the exception itself, so the text crosses a process boundary with it (pickling
         # keeps an exception's attributes but drops its frames).
         with contextlib.suppress(AttributeError, TypeError):
