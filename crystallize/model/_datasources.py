@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from ..fingerprint import combine, value_fingerprint
 from ._context import FrozenContext
-from ._parameters import Parametrised, analyse_signature, is_artifact
+from ._parameters import Parametrised, analyse_signature, dress_factory, is_artifact
 from ._unit_scope import current_unit
 
 if TYPE_CHECKING:
@@ -72,10 +72,7 @@ def data_source(fn: Callable[..., Any] | None = None, /) -> Any:
         def factory(**params: Any) -> FunctionDataSource:
             return FunctionDataSource(func, params)
 
-        factory.__name__ = func.__name__
-        factory.__qualname__ = func.__qualname__
-        factory.__doc__ = func.__doc__
-        factory.__wrapped__ = func  # type: ignore[attr-defined]
+        dress_factory(factory, func)
         factory.is_datasource_factory = True  # type: ignore[attr-defined]
         return factory
 

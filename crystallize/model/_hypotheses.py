@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import HypothesisError, did_you_mean
 from ..fingerprint import value_fingerprint
-from ._parameters import check_types
+from ._parameters import check_types, dress_factory
 
 Metrics = Mapping[str, Sequence[Any]]
 
@@ -42,10 +42,7 @@ def verifier(fn: Callable[..., Mapping[str, Any]]) -> Callable[..., Verifier]:
         check_types(fn, params, f"verifier {fn.__name__}()")
         return Verifier(fn, params)
 
-    factory.__name__ = fn.__name__
-    factory.__qualname__ = fn.__qualname__
-    factory.__doc__ = fn.__doc__
-    factory.__wrapped__ = fn  # type: ignore[attr-defined]
+    dress_factory(factory, fn)
     return factory
 
 

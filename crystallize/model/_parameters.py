@@ -24,6 +24,15 @@ def is_artifact(value: Any) -> bool:
     return getattr(type(value), "is_artifact", False) is True
 
 
+def dress_factory(factory: Callable[..., Any], func: Callable[..., Any]) -> None:
+    """Give ``factory`` the name and docstring of the user's ``func`` it builds objects from,
+    and ``__wrapped__`` so that ``inspect.signature`` shows ``func``'s parameters."""
+    factory.__name__ = func.__name__
+    factory.__qualname__ = func.__qualname__
+    factory.__doc__ = func.__doc__
+    factory.__wrapped__ = func  # type: ignore[attr-defined]
+
+
 def _is_bool(value: object) -> bool:
     # numpy.bool_ is no subclass of bool and registers no ABC; matched by name, not imported.
     kind = type(value)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, overload
 
 from ..store import check_name
-from ._parameters import Parametrised, analyse_signature
+from ._parameters import Parametrised, analyse_signature, dress_factory
 
 
 def step_dir_name(fn_name: str) -> str:
@@ -84,10 +84,7 @@ def pipeline_step(
                 limit = params.pop("timeout")
             return PipelineStep(func, params, cacheable=cacheable, timeout=limit)
 
-        factory.__name__ = func.__name__
-        factory.__qualname__ = func.__qualname__
-        factory.__doc__ = func.__doc__
-        factory.__wrapped__ = func  # type: ignore[attr-defined]
+        dress_factory(factory, func)
         factory.is_step_factory = True  # type: ignore[attr-defined]
         return factory
 
