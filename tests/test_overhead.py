@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_resume import Project, run
 
+from crystallize import Event, InlineExecutor
 from crystallize.fingerprint import _code
 from crystallize.store import KNOWN_CODE
 
@@ -105,3 +106,51 @@ def test_forged_entries_of_another_file_identity_are_ignored(tmp_path, fresh_pro
     parsed = fresh_process()
     res = run(p)
     assert res["producer"].resumed and "produce" in parsed
+
+
+class CountingExecutor(InlineExecutor):
+    """Inline, counting how often a run enters it (a pool would be started there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = 0
+
+    async def __aenter__(self) -> CountingExecutor:
+        self.entered += 1
+        return self
+
+
+def test_a_resume_where_nothing_changed_needs_no_executor_and_announces_each_node_once(
+    tmp_path,
+):
+    p = Project(tmp_path)
+    executor = CountingExecutor()
+    assert not run(p, executor=executor)["producer"].resumed
+    assert executor.entered == 1 and len(p.calls()) == 4
+    events: list[Event] = []
+    res = p.graph().run(strategy="resume", executor=executor, on_event=events.append)
+    assert res["producer"].resumed and res["consumer"].resumed and p.calls() == []
+    assert executor.entered == 1  # not entered again: nothing ran
+    assert [(e.kind, e.experiment) for e in events] == [
+        ("decision", "producer"), ("resumed", "producer"),
+        ("decision", "consumer"), ("resumed", "consumer"),
+    ]
+
+
+def test_a_resume_that_reruns_part_of_the_graph_announces_the_reused_part_once(tmp_path):
+    p = Project(tmp_path)
+    executor = CountingExecutor()
+    run(p, executor=executor)
+    assert len(p.calls()) == 4
+    p.edit('"seen": json.loads(data)["value"]', '"seen": json.loads(data)["value"] + 1')
+    events: list[Event] = []
+    res = p.graph().run(strategy="resume", executor=executor, on_event=events.append)
+    assert res["producer"].resumed and res["consumer"].executed
+    assert sorted(p.calls()) == ["consume baseline 0", "consume baseline 1"]
+    assert executor.entered == 2
+    kinds = [(e.kind, e.experiment) for e in events if e.kind != "unit_finished"]
+    assert kinds == [
+        ("decision", "producer"), ("resumed", "producer"),
+        ("decision", "consumer"), ("started", "consumer"), ("finished", "consumer"),
+    ]
+    assert "changed (consume)" in res["consumer"].reason

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import functools
 import graphlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -510,13 +509,17 @@ class ExperimentGraph:
         stops the run at the first failed unit.
         """
         refuse_inside_event_loop()
-        call = functools.partial(
-            self.arun, treatments=treatments, replicates=replicates, strategy=strategy,
+        options = RunOptions.build(
+            treatments=treatments, replicates=replicates, strategy=strategy,
             executor=executor, max_workers=max_workers, on_event=on_event, force=force,
             fail_fast=fail_fast,
         )
+        scheduler = Scheduler(self, options)
+        results = scheduler.settle()  # a resume where nothing changed needs no event loop
+        if results is not None:
+            return results
         try:
-            return anyio.run(call)
+            return anyio.run(scheduler.run)
         except asyncio.CancelledError:
             # Only Ctrl-C cancels this run from outside. On Python 3.10, anyio's backport of
             # asyncio.Runner lets that out as CancelledError (it needs Task.uncancel, new in

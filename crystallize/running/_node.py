@@ -298,6 +298,18 @@ class ExperimentRun:
         self._decided(plan)
         return self._resumed(plan)
 
+    def resume_unchanged(self) -> Result | None:
+        """The result of a resume that reuses the newest version whole, decided and loaded with
+        no waiting (so without an event loop); None, having announced nothing, if some unit
+        must run: :meth:`execute` then decides again, under the run lock."""
+        if self.exp.strategy != "resume":
+            return None
+        plan = self._plan(experiment_fingerprint(self.exp), self._upstreams())
+        if not plan.fully_reused:
+            return None
+        self._decided(plan)
+        return self._resumed(plan)
+
     def _waiting(self) -> None:
         self.inputs.emit(self.exp, Event(
             "waiting", self.exp.name or "",

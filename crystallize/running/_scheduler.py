@@ -22,7 +22,7 @@ import heapq
 import itertools
 import shutil
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,6 +124,8 @@ class Scheduler:
         self._nodes: TaskGroup | None = None
         #: why the run stopped early (``fail_fast``), once it has
         self.stopped: str | None = None
+        self._roots: list[Path] | None = None  # every store root of the run, once started
+        self._rng_warnings: dict[str, str] = {}
 
     # -- priorities -------------------------------------------------------------------------
     def _rank_nodes(self) -> None:
@@ -241,41 +243,67 @@ class Scheduler:
                     out.stream.send_nowait(outcome)
 
     # -- running ----------------------------------------------------------------------------
+    def _blocked(self, name: str, exp: Experiment) -> bool:
+        """Whether an upstream of ``name`` failed or was skipped (then it is skipped too)."""
+        blocked = [p for p in self.graph.upstream(name) if p not in self.results
+                   or self.results[p].failed]
+        if not blocked:
+            return False
+        why = ", ".join(f"{p} {'failed' if p in self.failures else 'was skipped'}" for p in blocked)
+        reason = f"upstream {why}"
+        self.failures[name] = f"skipped: {reason}"
+        self.emit(exp, Event("skipped", name, reason=reason))
+        return True
+
+    def _experiment_run(self, name: str, exp: Experiment) -> ExperimentRun:
+        inputs = NodeInputs(
+            upstream_results={p: self.results[p] for p in self.graph.upstream(name)},
+            book=self.book, executor=self.executor, emit=self.emit, submit=self.submit,
+            discard=self.discard, run_id=self.run_id,
+            stop=self.stop if self.options.fail_fast else None,
+        )
+        return ExperimentRun(inputs, exp)
+
+    @contextlib.contextmanager
+    def _recording(self, name: str, exp: Experiment) -> Iterator[None]:
+        """Record the failure of ``name``'s run inside the block, if it fails."""
+        try:
+            yield
+        except ExperimentRunFailed as exc:
+            self.results[name] = exc.result
+            self.failures[name] = exc.cause
+            self._causes[name] = exc.error
+            self.emit(exp, Event("failed", name, error=exc.cause))
+        except Exception as exc:
+            cause = f"{type(exc).__name__}: {exc}"
+            self.failures[name] = cause
+            self._causes[name] = exc
+            self.emit(exp, Event("failed", name, error=cause))
+
     async def _node(self, name: str) -> None:
         try:
             for parent in self.graph.upstream(name):
                 await self._done[parent].wait()
-            blocked = [p for p in self.graph.upstream(name) if p not in self.results
-                       or self.results[p].failed]
             exp = self._configured[name]
-            if blocked:
-                why = ", ".join(
-                    f"{p} {'failed' if p in self.failures else 'was skipped'}" for p in blocked
-                )
-                reason = f"upstream {why}"
-                self.failures[name] = f"skipped: {reason}"
-                self.emit(exp, Event("skipped", name, reason=reason))
+            if self._blocked(name, exp):
                 return
-            try:
-                inputs = NodeInputs(
-                    upstream_results={p: self.results[p] for p in self.graph.upstream(name)},
-                    book=self.book, executor=self.executor, emit=self.emit, submit=self.submit,
-                    discard=self.discard, run_id=self.run_id,
-                    stop=self.stop if self.options.fail_fast else None,
-                )
-                self.results[name] = await ExperimentRun(inputs, exp).execute()
-            except ExperimentRunFailed as exc:
-                self.results[name] = exc.result
-                self.failures[name] = exc.cause
-                self._causes[name] = exc.error
-                self.emit(exp, Event("failed", name, error=exc.cause))
-            except Exception as exc:
-                cause = f"{type(exc).__name__}: {exc}"
-                self.failures[name] = cause
-                self._causes[name] = exc
-                self.emit(exp, Event("failed", name, error=cause))
+            with self._recording(name, exp):
+                self.results[name] = await self._experiment_run(name, exp).execute()
         finally:
             self._done[name].set()
+
+    def _settle_node(self, name: str) -> bool:
+        """:meth:`_node` without an event loop, for an experiment a resume reuses whole: whether
+        it is done (reused, failed or skipped); if not, nothing was announced for it."""
+        exp = self._configured[name]
+        if self._blocked(name, exp):
+            return True
+        with self._recording(name, exp):
+            result = self._experiment_run(name, exp).resume_unchanged()
+            if result is None:
+                return False
+            self.results[name] = result
+        return True
 
     def _check_store_roots(self) -> None:
         for exp in self.graph.experiments.values():
@@ -287,26 +315,64 @@ class Scheduler:
                     "folder with ArtifactPlugin(root_dir=...)", str(root),
                 )
 
-    async def run(self) -> dict[str, Result]:
+    def _start(self) -> None:
+        """What a run checks and announces once, before any experiment of it."""
+        if self._roots is not None:
+            return
         self._check_store_roots()
         self._rank_nodes()
-        order = self.graph.topological_order()
-        roots = self._store_roots()
-        for root in roots:
+        self._roots = self._store_roots()
+        for root in self._roots:
             recall_code(root)
-        configured = self._configured
-        check_treatment_keys(configured)  # before anything runs
-        rng_warnings = global_rng_warnings(configured.values(), isinstance(self.executor,
-                                                                           ThreadExecutor))
-        for name, warning in rng_warnings.items():
-            self.emit(configured[name], Event("warning", name, reason=warning))
+        check_treatment_keys(self._configured)  # before anything runs
+        self._rng_warnings = global_rng_warnings(self._configured.values(),
+                                                 isinstance(self.executor, ThreadExecutor))
+        for name, warning in self._rng_warnings.items():
+            self.emit(self._configured[name], Event("warning", name, reason=warning))
         if self._callback_error is not None:
             raise self._callback_error
+
+    def _close(self) -> None:
+        for book in self._books.values():
+            book.close()
+        keep_code(self._roots or [])
+
+    def settle(self) -> dict[str, Result] | None:
+        """Before any event loop starts: finish every experiment a resume reuses whole, upstreams
+        first (and those skipped or failed because of them).
+
+        A resume where nothing changed thus ends without an event loop, a worker pool or a
+        thread hop, which on a small graph cost more than all its reading of the store. Returns
+        the run's results if no experiment is left; else None, and :meth:`run` does the rest.
+        """
+        self._start()
+        pending: set[str] = set()
+        try:
+            with snapshot():
+                for name in self.graph.topological_order():
+                    if (self._callback_error is not None
+                            or any(p in pending for p in self.graph.upstream(name))
+                            or self._configured[name].strategy != "resume"
+                            or not self._settle_node(name)):
+                        pending.add(name)
+        except BaseException:
+            self._close()
+            raise
+        for name in self.graph.experiments:
+            if name not in pending:
+                self._done[name].set()
+        if pending and self._callback_error is None:
+            return None
+        self._close()
+        return self._outcome()
+
+    async def run(self) -> dict[str, Result]:
+        self._start()
         try:
             # Nothing is edited mid-run, so each step function is fingerprinted once per run.
             with snapshot(), anyio.CancelScope() as self._scope:
                 async with self.executor:
-                    await self.executor.verify_store(roots)
+                    await self.executor.verify_store(self._roots or [])
                     async with anyio.create_task_group() as background:
                         self._background = background
                         async with anyio.create_task_group() as dispatchers:
@@ -315,25 +381,28 @@ class Scheduler:
                                 dispatchers.start_soon(self._dispatcher)
                             async with anyio.create_task_group() as nodes:
                                 self._nodes = nodes
-                                for name in order:
-                                    nodes.start_soon(self._node, name)
+                                for name in self.graph.topological_order():
+                                    if not self._done[name].is_set():  # not settled before
+                                        nodes.start_soon(self._node, name)
                             dispatchers.cancel_scope.cancel()
         finally:
-            for book in self._books.values():
-                book.close()
-            keep_code(roots)
+            self._close()
+        return self._outcome()
+
+    def _outcome(self) -> dict[str, Result]:
+        """The run's results, or the error that lists its failed experiments."""
         if self._callback_error is not None:
             raise self._callback_error
+        order = self.graph.topological_order()
         results = {name: self.results[name] for name in order if name in self.results}
         if self.stopped is not None:
             for name in order:
                 if name not in self.results and name not in self.failures:
                     self.failures[name] = self.stopped
-        for name, warning in rng_warnings.items():
+        for name, warning in self._rng_warnings.items():
             if name in results:
                 results[name].warnings.insert(0, warning)
         if self.failures:
             first = next((self._causes[n] for n in order if n in self._causes), None)
             raise ExperimentFailedError(self.failures, results) from first
         return results
-
