@@ -1,6 +1,7 @@
 """crystallize: reproducible computational experiments as a DAG, on every core of a machine."""
 
-from . import config as _config
+from pathlib import Path as _Path
+
 from . import experiment as _experiment
 from ._version import __version__ as __version__
 from .errors import (
@@ -41,10 +42,24 @@ from .model import (
 )
 from .running import DaskExecutor, Executor, InlineExecutor, ProcessExecutor, ThreadExecutor
 
+
 # Folder configs build experiments, so the experiment layer cannot import them; this is the one
 # place that hands their loaders down to Experiment.from_yaml and ExperimentGraph.from_yaml.
+# Imported on first use: a program that builds its experiments in Python never reads YAML.
+def _load_experiment(path: _Path) -> Experiment:
+    from .config import load_experiment
+
+    return load_experiment(path)
+
+
+def _load_graph(path: _Path) -> list[Experiment]:
+    from .config import load_graph
+
+    return load_graph(path)
+
+
 _experiment.register_folder_loaders(
-    _experiment.FolderLoaders(experiment=_config.load_experiment, graph=_config.load_graph)
+    _experiment.FolderLoaders(experiment=_load_experiment, graph=_load_graph)
 )
 
 __all__ = [

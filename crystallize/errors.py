@@ -42,7 +42,6 @@ Every unit exception also carries its traceback as text (:func:`unit_traceback`)
 
 from __future__ import annotations
 
-import difflib
 import traceback
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -54,6 +53,8 @@ if TYPE_CHECKING:
 
 def did_you_mean(value: object, candidates: Iterable[str]) -> str:
     """``; did you mean 'x'?`` for the candidate closest to ``value``, or an empty string."""
+    import difflib  # only a mistake needs it
+
     close = difflib.get_close_matches(str(value), list(candidates), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 

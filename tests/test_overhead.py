@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import linecache
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,59 @@ def test_a_resume_that_reruns_part_of_the_graph_announces_the_reused_part_once(t
         ("decision", "consumer"), ("started", "consumer"), ("finished", "consumer"),
     ]
     assert "changed (consume)" in res["consumer"].reason
+
+
+SCRIPT = '''
+import sys
+from crystallize import Artifact, Experiment, ExperimentGraph, data_source, pipeline_step
+
+@data_source
+def numbers(ctx):
+    return [1, 2, 3]
+
+@pipeline_step()
+def total(data, ctx, out: Artifact):
+    out.write(str(sum(data)).encode())
+    return data, {"total": sum(data)}
+
+@pipeline_step()
+def double(data, ctx):
+    return data, {"double": 2 * int(data)}
+
+out = Artifact("total.txt")
+graph = ExperimentGraph(
+    Experiment(numbers(), [total(out=out)], name="producer", outputs=[out], replicates=2),
+    Experiment(out, [double()], name="consumer", replicates=2),
+)
+results = graph.run(strategy="resume", executor=sys.argv[1])
+print(all(r.resumed for r in results.values()), results["consumer"].metrics.baseline.metrics)
+print(sorted(m for m in ("asyncio", "anyio._backends._asyncio") if m in sys.modules))
+'''
+
+
+def test_a_resume_where_nothing_changed_starts_no_event_loop_in_a_new_process(tmp_path):
+    script = tmp_path / "graph.py"
+    script.write_text(SCRIPT)
+
+    def run_script() -> list[str]:
+        done = subprocess.run([sys.executable, str(script), "process"], cwd=tmp_path,
+                              capture_output=True, text=True, check=True)
+        return done.stdout.splitlines()
+
+    first = run_script()
+    assert first[0] == "False {'double': [12, 12]}"
+    assert "asyncio" in first[1]  # a run that computes needs its event loop
+    assert run_script() == ["True {'double': [12, 12]}", "[]"]
+
+
+def test_import_crystallize_loads_only_what_building_and_running_experiments_need():
+    code = "import sys, crystallize; print(' '.join(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    loaded = set(done.stdout.split())
+    # YAML is for folder configs, asyncio for an event loop (a full resume starts none), the
+    # rest for the command line, the UI, reports, plots and Dask.
+    for module in ("yaml", "asyncio", "crystallize.config", "crystallize.cli", "crystallize.ui",
+                   "crystallize.render", "rich", "textual", "graphviz", "matplotlib", "numpy",
+                   "dask", "distributed", "statistics", "difflib"):
+        assert module not in loaded, module

@@ -11,7 +11,6 @@ import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import fmean, stdev
 from typing import Any
 
 from ..errors import CorruptRecordError
@@ -112,10 +111,14 @@ class MetricSummary:
 
     @property
     def mean(self) -> float | None:
+        from statistics import fmean  # on first use: most runs compute no statistics
+
         return fmean(self.values) if self.values else None
 
     @property
     def sd(self) -> float | None:
+        from statistics import stdev
+
         return stdev(self.values) if len(self.values) > 1 else None
 
     def describe(self) -> str:
