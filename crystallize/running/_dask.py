@@ -33,7 +33,8 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.versions import VersionMismatchWarning, error_message
 
 from ..errors import ClusterError
-from ._unit import UnitOutcome, UnitTask, run_pickled_units
+from ._unit import UnitOutcome, UnitTask
+from ._worker import run_pickled_units
 
 logger = logging.getLogger(__name__)
 

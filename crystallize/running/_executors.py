@@ -19,16 +19,12 @@ from __future__ import annotations
 import abc
 import concurrent.futures as cf
 import contextlib
-import ctypes
 import multiprocessing
 import os
-import signal
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,14 +34,14 @@ import anyio.lowlevel
 
 from ..errors import WorkerKilledError
 from ._futures import wait_done, wait_future
+from ._pool import WorkerDied, WorkerPool
 from ._unit import (
     UnitOutcome,
     UnitTask,
-    run_pickled_units,
     run_unit,
     timed_out,
-    unpack_outcome,
 )
+from ._worker import unpack_outcome
 
 if TYPE_CHECKING:
     from ..experiment import Experiment
@@ -202,29 +198,6 @@ def _default_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Pool-worker initializer: end the worker as soon as the process that started it dies.
-
-    A pool's own shutdown needs a living parent; after a SIGKILL of the parent, workers would
-    otherwise run their unit to the end and then wait for work forever. On Linux the kernel
-    delivers SIGKILL on the parent's death (no thread in the worker, so steps can still fork);
-    elsewhere a daemon thread polls the parent.
-    """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    else:  # pragma: no cover - macOS, Windows
-        def watch() -> None:
-            while os.getppid() == parent:
-                time.sleep(0.25)
-            os._exit(1)
-
-        threading.Thread(target=watch, name="crystallize-parent-watch", daemon=True).start()
-    if os.getppid() != parent:  # it died before the signal was armed
-        os._exit(1)
-
-
 class ProcessExecutor(Executor):
     """Runs units in one process pool that lives for the whole graph run.
 
@@ -242,53 +215,33 @@ class ProcessExecutor(Executor):
     ) -> None:
         super().__init__(max_workers, batching=batching)
         self.mp_context = mp_context or _default_context()
-        self._pool: cf.ProcessPoolExecutor | None = None
-        self._warm = False
-
-    def _new_pool(self, workers: int | None = None) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(
-            workers or self.max_workers, mp_context=self.mp_context,
-            initializer=_exit_with_parent, initargs=(os.getpid(),),
-        )
+        self._pool: WorkerPool | None = None
 
     async def __aenter__(self) -> ProcessExecutor:
-        self._pool = self._new_pool()
-        self._warm = False
+        self._pool = WorkerPool(self.max_workers, self.mp_context)
         return self
 
     def warm(self) -> None:
         # Fork every worker now, while this run has no other threads: a process forked while
         # another thread holds a lock can deadlock (Python 3.12 warns). Not at __aenter__, so
-        # that a run needing no worker (a full resume, async steps only) forks nothing. One
-        # no-op per worker, submitted at once, makes the pool fork them all right here.
-        if self._pool is not None and not self._warm:
-            self._warm = True
-            for _ in range(self.max_workers):
-                self._pool.submit(int)
+        # that a run needing no worker (a full resume, async steps only) forks nothing.
+        if self._pool is not None:
+            self._pool.start()
 
     async def __aexit__(self, *exc_info: object) -> None:
         pool, self._pool = self._pool, None
         if pool is None:
             return
         if exc_info[0] is not None:
-            self._terminate(pool)
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.terminate()
         else:
-            await anyio.to_thread.run_sync(pool.shutdown)
+            await pool.aclose()
 
     @staticmethod
-    def _terminate(pool: cf.ProcessPoolExecutor) -> None:
-        # The pool API cannot stop a running task; terminating its workers is the only way to
-        # make cancellation prompt. ``_processes`` is stable across CPython 3.8-3.14.
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            proc.terminate()
-
-    @staticmethod
-    async def _trip(pool: cf.ProcessPoolExecutor, jobs: list[UnitJob]) -> list[UnitOutcome]:
+    async def _trip(pool: WorkerPool, jobs: list[UnitJob]) -> list[UnitOutcome]:
         """One round trip to a worker of ``pool`` for units of one experiment."""
         first = jobs[0]
-        packed = await wait_future(
-            pool.submit(run_pickled_units, first.key, first.pickled(), [j.task for j in jobs]))
+        packed = await pool.call(first.key, first.pickled(), [j.task for j in jobs])
         return [unpack_outcome(p) for p in packed]
 
     async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
@@ -296,15 +249,11 @@ class ProcessExecutor(Executor):
         assert pool is not None, "ProcessExecutor used outside 'async with'"
         try:
             return await self._trip(pool, jobs)
-        except BrokenProcessPool:
-            # A worker died (killed, out of memory, a crash in C code) and the pool failed every
-            # unit it held. The first unit to notice gives the rest of the run a fresh pool.
-            if self._pool is pool:
-                self._pool = self._new_pool()
-                pool.shutdown(wait=False, cancel_futures=True)
-        # Retry each alone in a new process, so that only a unit that kills its own worker is
-        # blamed and the units that merely shared the pool with it still finish.
-        return [await self._alone(job) for job in jobs]
+        except WorkerDied:
+            # A worker died (killed, out of memory, a crash in C code) with these units; the
+            # pool replaces it. Retry each alone in a new process, so that only a unit that
+            # kills its own worker is blamed and the units that merely shared it still finish.
+            return [await self._alone(job) for job in jobs]
 
     async def run_within(self, job: UnitJob, seconds: float) -> UnitOutcome:
         # In its own process, so that stopping it stops no other unit. The unit's own timer
@@ -313,21 +262,17 @@ class ProcessExecutor(Executor):
         return await self._alone(job, seconds + KILL_GRACE)
 
     async def _alone(self, job: UnitJob, seconds: float | None = None) -> UnitOutcome:
-        alone = self._new_pool(1)
+        alone = WorkerPool(1, self.mp_context)
         try:
             with anyio.move_on_after(seconds):
                 return (await self._trip(alone, [job]))[0]
-            self._terminate(alone)
             assert seconds is not None
             return _timed_out(job, seconds - KILL_GRACE)
-        except BrokenProcessPool as exc:
+        except WorkerDied as exc:
             error = RuntimeError(f"worker process died while running this unit, twice: {exc}")
             return UnitOutcome(job.task.condition, job.task.replicate, error=error)
-        except BaseException:
-            self._terminate(alone)
-            raise
         finally:
-            alone.shutdown(wait=False, cancel_futures=True)
+            alone.terminate()
 
 
 #: How many times a batch is sent again after landing on a worker blind to the store.

@@ -23,12 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import cloudpickle
 
 from ..errors import (
     MissingArtifactError,
-    PicklingError,
-    RemoteTraceback,
     UnitError,
     UpstreamFailedError,
 )
@@ -123,7 +120,7 @@ class UnitOutcome:
 _BY_VALUE = "<dynamic-code>"
 
 
-def _format_traceback(exc: BaseException) -> str:
+def format_traceback(exc: BaseException) -> str:
     """``exc`` with its traceback as text, naming the user's source files also for code that
     cloudpickle carried to this worker by value: it renames such code's file, but the
     function's globals keep its module's ``__file__``, so the frame and its line can be shown.
@@ -147,7 +144,7 @@ def _format_traceback(exc: BaseException) -> str:
     return "".join(shown.format())
 
 
-def _portable(exc: BaseException) -> BaseException:
+def portable(exc: BaseException) -> BaseException:
     """``exc`` if it survives pickling, else a :class:`UnitError` carrying its text."""
     try:
         pickle.loads(pickle.dumps(exc))
@@ -352,12 +349,12 @@ class UnitRun:
                 f"{where} {what}, which ends only this unit; to fail a unit, raise an exception"
             )
             exc.__cause__ = cause
-        text = _format_traceback(exc)
+        text = format_traceback(exc)
         # On the exception itself, so the text crosses a process boundary with it (pickling
         # keeps an exception's attributes but drops its frames).
         with contextlib.suppress(AttributeError, TypeError):
             exc.traceback_text = text  # type: ignore[attr-defined]
-        self.outcome.error = _portable(exc)
+        self.outcome.error = portable(exc)
         self.outcome.traceback = text
 
     def finish(self, ctx: FrozenContext | None) -> UnitOutcome:
@@ -529,55 +526,3 @@ async def _arun_once(experiment: Experiment, task: UnitTask) -> UnitOutcome:
             raise
         run.fail(exc)
     return run.finish(ctx)
-
-
-_SPECS: dict[str, Experiment] = {}
-
-
-def run_pickled_units(key: str, blob: bytes, tasks: list[UnitTask]) -> list[bytes]:
-    """Worker-process entry point: unpickle the experiment once per worker, run its units.
-
-    Several units of one experiment may come in one call (a batch: one round trip for units
-    too small to be worth one each). Each outcome is pickled here rather than by the pool, so
-    that a metric value that cannot travel back is reported by name, as that unit's error,
-    instead of as a bare pickling error for the whole call. :func:`unpack_outcome` reads them.
-    """
-    experiment = _SPECS.get(key)
-    if experiment is None:
-        if len(_SPECS) > 256:
-            _SPECS.clear()
-        experiment = _SPECS[key] = cloudpickle.loads(blob)
-    return [_packed(experiment, run_unit(experiment, task)) for task in tasks]
-
-
-def _packed(experiment: Experiment, outcome: UnitOutcome) -> bytes:
-    try:
-        return cloudpickle.dumps(outcome)
-    except Exception as exc:
-        bad = []
-        for name, value in outcome.metrics.items():
-            try:
-                cloudpickle.dumps(value)
-            except Exception:
-                bad.append(name)
-        outcome.metrics = {k: v for k, v in outcome.metrics.items() if k not in bad}
-        outcome.error = PicklingError(
-            f"experiment {experiment.name!r}: metric(s) {bad} hold values that cannot be sent "
-            f"back from the worker process ({exc}); record picklable values (numbers, strings, "
-            "lists, arrays), or run with executor='thread' or 'inline'"
-            if bad else f"experiment {experiment.name!r}: the unit's outcome cannot be sent "
-            f"back from the worker process: {exc}"
-        )
-        return cloudpickle.dumps(outcome)
-
-
-def unpack_outcome(data: bytes) -> UnitOutcome:
-    """A :class:`UnitOutcome` a worker returned from :func:`run_pickled_units`.
-
-    An error's frames stay in the worker; its traceback text becomes the ``__cause__`` (as
-    :mod:`concurrent.futures` does), so printing the error shows where it was raised.
-    """
-    outcome: UnitOutcome = pickle.loads(data)
-    if outcome.error is not None and outcome.traceback:
-        outcome.error.__cause__ = RemoteTraceback(outcome.traceback)
-    return outcome
