@@ -41,9 +41,7 @@ PHASES: dict[str, list[tuple[Any, str]]] = {
         (store.ExperimentStore, "allocate"), (store.VersionWriter, "reuse"),
         (store.ExperimentStore, "prune"),
     ],
-    "store: results.json, markers, metadata.json": [
-        (store.VersionWriter, "finish_condition"), (store.VersionWriter, "publish"),
-    ],
+    "store: metadata.json and its marker": [(store.VersionWriter, "publish")],
     "unit: write its artifact": [(unit.UnitRun, "write_artifact")],
     "unit: read upstream artifacts": [(artifacts.Artifact, "fetch")],
     "pickling the experiment for workers": [(experiment_run.ExperimentRun, "_blob")],

@@ -28,6 +28,7 @@ what would fix it. Each one also keeps the builtin base it had before the tree e
     + UnstorableValueError (TypeError) -- a metric the store could not give back exactly
     + CorruptRecordError (ValueError) -- a store record is not what a run wrote; ``.path``,
       ``.key`` (its version is not trusted, and reruns)
+        + OlderLayoutError -- the version was stored by an older layout; ``.status``
     + StoreError (OSError) -- the store cannot do what was asked (read-only, a link)
     + ClusterError (RuntimeError) -- a Dask cluster cannot serve the run (unreachable, no
       workers, workers that cannot see the store); nothing has run
@@ -226,7 +227,7 @@ class UnstorableValueError(CrystallizeError, TypeError):
 
 
 class CorruptRecordError(CrystallizeError, ValueError):
-    """A record of the store (``metadata.json``, ``results.json``) is not what a run wrote.
+    """A record of the store (``metadata.json``, its marker) is not what a run wrote.
 
     ``path`` is the file and ``key`` the entry at fault; the version it belongs to is not
     trusted, and what it held is computed again.
@@ -239,6 +240,20 @@ class CorruptRecordError(CrystallizeError, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (str(self),), {"path": self.path, "key": self.key}
+
+
+class OlderLayoutError(CorruptRecordError):
+    """A version stored by an older layout of crystallize: never reused (its units run again),
+    but kept and pruned by the ``status`` it recorded (None if it has none this one knows)."""
+
+    def __init__(self, message: str, *, path: Any = None, key: str | None = None,
+                 status: str | None = None) -> None:
+        super().__init__(message, path=path, key=key)
+        self.status = status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self),), {"path": self.path, "key": self.key,
+                                          "status": self.status}
 
 
 class StoreError(CrystallizeError, OSError):

@@ -119,8 +119,8 @@ def test_new_scaffolds_a_consumer_that_runs(dag: Path, tmp_path: Path) -> None:
 
     out = ok(cli("run", "dag/analysis", cwd=tmp_path))
     assert "analysis (executed -> v0, 3 replicate(s))" in out
-    assert (tmp_path / "data" / "analysis" / "v0" / "replicate_0" / "baseline"
-            / "Example_StepStep" / "report.json").exists()
+    assert (tmp_path / "data" / "analysis" / "v0"
+            / "baseline~r0~Example_StepStep~report.json").exists()
 
     err = user_mistake(cli("new", "other", "--root", "dag", "--use", "producr#summary",
                            cwd=tmp_path))

@@ -194,7 +194,7 @@ def test_output_alias_given_as_a_step_parameter_value(root: Path) -> None:
     result = exp.run(executor="inline")
     path = result.artifact_path("report.txt")
     assert path.read_text() == "hello"
-    assert path.parts[-3:] == ("baseline", "SaveStep", "report.txt")
+    assert path.name == "baseline~r0~SaveStep~report.txt"
 
 
 def test_two_experiments_with_their_own_steps_py_run_in_worker_processes(tmp_path: Path) -> None:

@@ -384,15 +384,16 @@ def test_store_layout_on_disk():
     assert meta["status"] == "complete" and meta["replicates"] == 2
     assert set(meta["conditions"]) == {"baseline", "double"}
     assert "fingerprint" in meta and "seeds" in meta and "timings" in meta
+    assert (v / ".crystallize_complete").exists()
     for cond in ("baseline", "double"):
-        assert (v / cond / ".crystallize_complete").exists()
-        record = json.loads((v / cond / "results.json").read_text())
-        assert record["replicates"] == 2
+        assert meta["conditions"][cond]["replicates"] == 2
         for r in range(2):
-            f = v / f"replicate_{r}" / cond / "Write_SummaryStep" / "summary.json"
+            f = v / f"{cond}~r{r}~Write_SummaryStep~summary.json"
             assert json.loads(f.read_text())["replicate"] == r
     assert result.artifacts["summary.json"]["double"][1] == (
-        v / "replicate_1/double/Write_SummaryStep/summary.json").resolve()
+        v / "double~r1~Write_SummaryStep~summary.json").resolve()
+    # every file directly in the version: no folder per replicate, condition or step
+    assert all(p.is_file() for p in v.iterdir())
 
 
 def test_default_writer_and_loader_bytes_and_str():

@@ -190,6 +190,7 @@ def test_errors_share_one_root_and_keep_their_builtin_bases() -> None:
         errors.InvalidNameError: ValueError,
         errors.UnstorableValueError: TypeError,
         errors.CorruptRecordError: ValueError,
+        errors.OlderLayoutError: ValueError,
         errors.StoreError: OSError,
         errors.ClusterError: RuntimeError,
         errors.WorkerKilledError: RuntimeError,

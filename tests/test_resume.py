@@ -187,7 +187,7 @@ def test_missing_marker_metadata_or_artifact_means_rerun(tmp_path):
     first = run(p)
     p.calls()
     v = first["producer"].version_dir
-    (v / "baseline" / ".crystallize_complete").unlink()
+    (v / ".crystallize_complete").unlink()
     res = run(p)
     assert "marker" in res["producer"].reason
     # the producer's artifacts came out identical, so the consumer is reused (early cutoff)
@@ -241,8 +241,9 @@ def test_metadata_records_fingerprint_parts_and_upstream_versions(tmp_path):
     assert meta["upstreams"]["producer"]["version"] == res["producer"].version
     assert meta["fingerprint"]["steps"][0]["name"] == "ConsumeStep"
     # each unit records the content hash of what it read, which its producer recorded
-    produced = json.loads((res["producer"].version_dir / "baseline" / "results.json").read_text())
-    read = json.loads((res["consumer"].version_dir / "baseline" / "results.json").read_text())
+    produced = json.loads((res["producer"].version_dir / "metadata.json").read_text())
+    produced = produced["conditions"]["baseline"]
+    read = meta["conditions"]["baseline"]
     assert read["reads"] == [{"producer": {"summary.json": f["blake2b"]}}
                              for f in produced["files"]["summary.json"]]
 
@@ -284,6 +285,6 @@ def test_resumed_metrics_keep_values_json_cannot_hold(tmp_path):
     assert all((x == y).all() for x, y in zip(a["curve"], b["curve"], strict=True))
     assert b["ratio"] == [fractions.Fraction(1, 3)] * 2 and b["tags"] == [{"a"}] * 2
     assert b["plain"] == [2.5, 2.5]
-    # JSON-native values stay readable in results.json
-    stored = json.loads(Path("data/exotic/v0/baseline/results.json").read_text())
-    assert stored["metrics"]["plain"] == [2.5, 2.5]
+    # JSON-native values stay readable in metadata.json
+    stored = json.loads(Path("data/exotic/v0/metadata.json").read_text())
+    assert stored["conditions"]["baseline"]["metrics"]["plain"] == [2.5, 2.5]

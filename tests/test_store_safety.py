@@ -117,18 +117,16 @@ def test_reading_the_store_never_unpickles_a_planted_payload(tmp_path):
     # the side file itself swapped for the payload.
     meta = json.loads((v0 / "metadata.json").read_text())
     meta["planted"] = {"__crystallize_pickle__": b64}
-    (v0 / "metadata.json").write_text(json.dumps(meta))
-    results = json.loads((v0 / "baseline" / "results.json").read_text())
+    results = meta["conditions"]["baseline"]
     results["metrics"]["planted"] = [{"__crystallize_pickle__": b64}] * 2
-    if "recorded" in results:
-        results["recorded"]["planted"] = [True, True]
-    (v0 / "baseline" / "results.json").write_text(json.dumps(results))
-    for side in (v0 / "baseline").glob("values/*.pkl"):
+    results["recorded"]["planted"] = [True, True]
+    (v0 / "metadata.json").write_text(json.dumps(meta))
+    for side in v0.glob("*.pkl"):
         side.write_bytes(payload)
 
     status = cli("status", "exps", cwd=tmp_path)
     assert not proof.exists()
-    assert "stale" in ok(status) and "results.json" in status.stdout  # the edit is seen, and said
+    assert "stale" in ok(status) and "metadata.json" in status.stdout  # the edit is seen, and said
     ok(cli("list", "exps", cwd=tmp_path))
     ok(cli("clean", "exps", "--keep", "3", cwd=tmp_path))
     experiment_status(ExperimentGraph.from_yaml(tmp_path / "exps"))
@@ -253,7 +251,7 @@ def test_truncated_artifact_or_edited_results_are_rerun_with_the_reason():
     assert again.executed and "out.json has 5 bytes" in again.reason
     assert calls() == ["baseline:1"]  # only the unit whose artifact was damaged
 
-    results = again.version_dir / "baseline" / "results.json"
+    results = again.version_dir / "metadata.json"
     results.write_text(results.read_text().replace('"total": [6,', '"total": [60,'))
     third = experiment().run(executor="inline", strategy="resume")
     assert third.executed and "changed since the run wrote it" in third.reason
@@ -261,17 +259,15 @@ def test_truncated_artifact_or_edited_results_are_rerun_with_the_reason():
 
 
 def test_a_record_pointing_outside_its_version_is_refused_not_followed():
-    from crystallize.store import content_hash
+    from crystallize.store import MARKER, content_hash
 
     first = experiment(strategy="resume").run(executor="inline")
     v0 = first.version_dir
-    results = v0 / "baseline" / "results.json"
-    data = results.read_text().replace("replicate_0/baseline", "../../../outside")
+    results = v0 / "metadata.json"
+    data = results.read_text().replace('"path": "baseline~r0~', '"path": "../../../outside~')
     results.write_text(data)
-    meta = json.loads((v0 / "metadata.json").read_text())  # re-sealed, as an attacker would
-    meta["conditions"]["baseline"]["results"].update(size=len(data.encode()),
-                                                     blake2b=content_hash(data.encode()))
-    (v0 / "metadata.json").write_text(json.dumps(meta))
+    # re-sealed, as an attacker would
+    (v0 / MARKER).write_text(content_hash(data.encode()))
     status = experiment_status(ExperimentGraph(experiment(strategy="resume")))["solo"]
     assert status.state == "stale" and "is not inside the version" in status.reason
     again = experiment(strategy="resume").run(executor="inline")

@@ -130,7 +130,7 @@ def test_reading_the_upstream_baseline_for_an_unknown_condition_is_a_warning(cap
     version_dir = str(results["producer"].version_dir)
     [warning] = cons.warnings
     assert "no condition 'extra'" in warning and version_dir in warning
-    assert "replicate_*/baseline/" in warning and "summary.json" in warning
+    assert "baseline~r*~" in warning and "summary.json" in warning
     assert any(e.kind == "warning" and e.condition == "extra" for e in events)
     assert any(version_dir in r.getMessage() and r.levelno == logging.WARNING
                for r in caplog.records)
@@ -331,8 +331,8 @@ def test_a_worker_traceback_is_carried_stored_and_printable():
     text = unit_traceback(error)
     assert "inner_helper" in text and "deep_failure" in text and "missing-thing" in text
     assert "inner_helper" in str(error.__cause__)
-    stored = json.loads((result.version_dir / "baseline" / "results.json").read_text())
-    assert "inner_helper" in stored["tracebacks"]["0"]
+    stored = json.loads((result.version_dir / "metadata.json").read_text())
+    assert "inner_helper" in stored["conditions"]["baseline"]["tracebacks"]["0"]
 
 
 def test_a_worker_traceback_names_the_files_of_a_folder_experiment(tmp_path: Path):

@@ -183,8 +183,8 @@ def test_retries_in_config_rerun_flaky_units_and_say_so(tmp_path: Path) -> None:
     text = " ".join(out.split())
     assert "flaky [baseline rep 0] done after 2 attempts" in text
     assert "flaky [baseline rep 1] done after 2 attempts" in text
-    stored = json.loads((tmp_path / "data" / "flaky" / "v0" / "baseline" / "results.json")
-                        .read_text())
+    stored = json.loads((tmp_path / "data" / "flaky" / "v0" / "metadata.json").read_text())
+    stored = stored["conditions"]["baseline"]
     assert stored["metrics"]["value"] == [0, 1]
     assert [t["attempts"] for t in stored["timings"]] == [2, 2]
     assert stored["timings"][0]["retried"] == ["ConnectionError: flaky resource"]

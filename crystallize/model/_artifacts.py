@@ -29,8 +29,9 @@ class Artifact(DataSource):
     (default: the file's bytes).
 
     A producer lists the artifact in its ``outputs`` and hands it to a step parameter annotated
-    ``Artifact``; inside the step ``summary.write(obj)`` persists ``obj`` at
-    ``vN/replicate_<r>/<condition>/<step>/<name>``. A consumer uses the same object as (part of)
+    ``Artifact``; inside the step ``summary.write(obj)`` persists ``obj`` as the file
+    ``vN/<condition>~r<replicate>~<step>~<name>`` of the store (``result.artifacts`` has its
+    path). A consumer uses the same object as (part of)
     its datasource: replicate ``i`` reads the producer's replicate ``i % upstream_replicates``,
     and a condition the producer never ran reads the producer's baseline.
     """

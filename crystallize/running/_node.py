@@ -18,14 +18,13 @@ import anyio
 import cloudpickle
 from filelock import FileLock, Timeout
 
-from ..errors import CorruptRecordError, HypothesisError, PicklingError, UnitError
+from ..errors import HypothesisError, PicklingError, UnitError
 from ..model import BASELINE, ConditionMetrics, Event, ExperimentMetrics, Result
 from ..store import (
     CACHE_DIR,
     ConditionMeta,
     ConditionRecord,
     ExperimentStore,
-    FileRecord,
     Journal,
     LeaseBook,
     Removal,
@@ -372,17 +371,19 @@ class ExperimentRun:
         # other experiments' units and writes can proceed meanwhile. If the run is cancelled or
         # breaks from here on, the version never gets its metadata.json, so nothing treats it
         # as complete; a later prune retires it.
-        writer = await anyio.to_thread.run_sync(self.store.allocate, book)
         reused: dict[str, dict[int, UnitRecord]] = {c: {} for c in exp.conditions}
-        if plan.reuse:
-            def bring_over() -> None:
-                for (c, r), (source, unit) in plan.reuse.items():
-                    writer.reuse(source.path, unit)
-                    # Its values are written again into this version.
-                    reused[c][r] = dataclasses.replace(unit, metrics={
-                        n: load_value(v, source.path) for n, v in unit.metrics.items()})
 
-            await anyio.to_thread.run_sync(bring_over)
+        def open_version() -> VersionWriter:
+            # One thread hop for the new version and the units it takes over.
+            writer = self.store.allocate(book)
+            for (c, r), (source, unit) in plan.reuse.items():
+                writer.reuse(source.path, unit)
+                # Its values are written again into this version.
+                reused[c][r] = dataclasses.replace(unit, metrics={
+                    n: load_value(v, source.path) for n, v in unit.metrics.items()})
+            return writer
+
+        writer = await anyio.to_thread.run_sync(open_version)
         inputs.emit(exp, Event("started", name, units=plan.units, version=writer.number,
                               reason=plan.reason))
         cache_dir = str(self.store.root / CACHE_DIR) if any(
@@ -420,33 +421,25 @@ class ExperimentRun:
                 failure = (cause, HypothesisError(cause))
         finished = time.time()
 
-        def condition_meta(cond: str, results: FileRecord) -> ConditionMeta:
-            return ConditionMeta(
-                treatment=header["treatments"][cond], state=records[cond].state,
-                executed_replicates=tuple(sorted(outcomes.get(cond, {}))), results=results,
-            )
-
-        def write_conditions() -> VersionMetadata:
-            written = {c: writer.finish_condition(r) for c, r in records.items()}
-            return VersionMetadata(
-                experiment=name, version=writer.number,
-                status="complete" if all(r.state == "complete" for r in records.values())
-                else "partial",
-                replicates=exp.replicates,
-                conditions={c: condition_meta(c, f) for c, f in written.items()},
-                fingerprint=fingerprint,
-                upstreams={p: {"version": v.version, "path": v.path} for p, v in views.items()},
-                seeds=tuple(seeds), strategy=exp.strategy, reason=plan.reason,
-                executor=inputs.executor.name,
-                timings={
-                    "started": started, "finished": finished, "duration": finished - started,
-                    "unit_cpu": sum(o.cpu for o in executed_units),
-                    "unit_wall": sum(o.wall for o in executed_units),
-                },
-                host=socket.gethostname(), pid=os.getpid(), run=inputs.run_id,
-            )
-
-        metadata = await anyio.to_thread.run_sync(write_conditions)
+        metadata = VersionMetadata(
+            experiment=name, version=writer.number,
+            status="complete" if all(r.state == "complete" for r in records.values())
+            else "partial",
+            replicates=exp.replicates,
+            conditions={c: ConditionMeta(header["treatments"][c],
+                                         tuple(sorted(outcomes.get(c, {}))), r)
+                        for c, r in records.items()},
+            fingerprint=fingerprint,
+            upstreams={p: {"version": v.version, "path": v.path} for p, v in views.items()},
+            seeds=tuple(seeds), strategy=exp.strategy, reason=plan.reason,
+            executor=inputs.executor.name,
+            timings={
+                "started": started, "finished": finished, "duration": finished - started,
+                "unit_cpu": sum(o.cpu for o in executed_units),
+                "unit_wall": sum(o.wall for o in executed_units),
+            },
+            host=socket.gethostname(), pid=os.getpid(), run=inputs.run_id,
+        )
         reused_conditions = [c for c in exp.conditions if c not in plan.execute]
         result: Result | None = None
         if failure is None:
@@ -466,7 +459,8 @@ class ExperimentRun:
             metadata = replace(metadata, status="failed")
 
         def publish() -> Removal:
-            writer.publish(metadata)  # last: only now is the version visible
+            # The records, then the marker: only now is the version visible.
+            writer.publish(metadata)
             if failure is not None:
                 return Removal()
             # This run is done reading the versions it replaces: its claims must not keep them.
@@ -564,16 +558,7 @@ def _provenance(metadata: VersionMetadata) -> dict[str, Any]:
 
 def load_stored_result(stored: StoredVersion) -> Result | None:
     """A minimal Result for an upstream read from disk (artifacts and hashes, no values)."""
-    records = {}
-    for cond in stored.metadata.conditions:
-        try:
-            records[cond] = stored.condition_record(cond)
-        except CorruptRecordError as exc:
-            # The producer ran this condition: its consumers must fail, never read the
-            # baseline in its place as if it had never run.
-            records[cond] = ConditionRecord(cond, tuple(
-                UnitRecord(r, "failed", error=f"its stored record cannot be trusted ({exc})")
-                for r in range(stored.metadata.replicates)))
+    records = {cond: stored.condition_record(cond) for cond in stored.metadata.conditions}
     if BASELINE not in records:
         return None
     result = Result(

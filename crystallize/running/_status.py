@@ -155,7 +155,7 @@ def plan_graph(
 def experiment_status(graph: ExperimentGraph) -> dict[str, Status]:
     """The :class:`Status` of every experiment of ``graph``, in topological order.
 
-    Reads the store only (``metadata.json``, ``results.json`` and the completion markers of
+    Reads the store only (``metadata.json`` and the completion marker of
     the newest usable version, artifact sizes); nothing is run, locked, written or unpickled.
     Each experiment's own strategy counts: under ``rerun`` it is never *complete*, since a run
     recomputes it.

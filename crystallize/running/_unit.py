@@ -10,7 +10,6 @@ import contextlib
 import multiprocessing
 import os
 import pickle
-import re
 import signal
 import socket
 import threading
@@ -30,7 +29,7 @@ from ..errors import (
     UpstreamFailedError,
 )
 from ..model import BASELINE, FrozenContext, is_artifact, unit_scope
-from ..store import FileRecord, atomic_write
+from ..store import FileRecord, artifact_file, atomic_write
 
 if TYPE_CHECKING:
     from ..experiment import Experiment
@@ -168,6 +167,8 @@ class UnitRun:
         self.version_path = Path(task.version_path)
         self._step: PipelineStep | None = None
         self._captured: list[tuple[str, bytes]] | None = None
+        #: artifact name -> the step that wrote it
+        self._writers: dict[str, str] = {}
         self.started = time.perf_counter()
         self._c0 = time.thread_time()
         self.outcome.started = time.time()
@@ -186,9 +187,8 @@ class UnitRun:
         read, rep = view.locate(condition, self.task.replicate)
         if read != condition:
             path = self._upstream_file(view, read, rep, artifact)
-            # One message for all replicates of the condition (they differ only in replicate_N).
-            shown = Path(view.path) / re.sub(r"^replicate_\d+", "replicate_*",
-                                             str(path.relative_to(view.path)))
+            # One message for all replicates of the condition (they differ only in ~rN~).
+            shown = path.with_name(path.name.replace(f"~r{rep}~", "~r*~", 1))
             self.outcome.warnings.append(
                 f"{self.experiment.name} [{condition}]: {view.experiment} v{view.version} has no "
                 f"condition {condition!r}; read its baseline's {artifact.name} instead ({shown})"
@@ -207,8 +207,8 @@ class UnitRun:
                 view.content_hash(condition, artifact.name, rep))
             return Path(view.path) / rel
         # Where the producer would have written it; * stands for the step that never did.
-        missing = (Path(view.path) / f"replicate_{rep}" / condition / (artifact.step or "*")
-                   / artifact.name)
+        missing = Path(view.path) / artifact_file(condition, rep, artifact.step or "*",
+                                                  artifact.name)
         why = view.errors.get(condition, {}).get(str(rep))
         if why is not None:
             raise UpstreamFailedError(
@@ -254,17 +254,16 @@ class UnitRun:
             self._captured = None
 
     def _relative(self, step: str, file_name: str) -> str:
-        return f"replicate_{self.task.replicate}/{self.task.condition}/{step}/{file_name}"
+        return artifact_file(self.task.condition, self.task.replicate, step, file_name)
 
     def write_artifact(self, artifact: Artifact, payload: bytes) -> Path:
         step = self._step.name if self._step is not None else "datasource"
         rel = self._relative(step, artifact.name)
-        earlier = self.outcome.artifacts.get(artifact.name)
-        if earlier is not None and earlier.path != rel:
+        earlier = self._writers.setdefault(artifact.name, step)
+        if earlier != step:
             raise ValueError(
-                f"artifact {artifact.name!r} is written by two steps "
-                f"({earlier.path.split('/')[-2]} "
-                f"and {step}); consumers would read only one. Give each step its own output"
+                f"artifact {artifact.name!r} is written by two steps ({earlier} and {step}); "
+                "consumers would read only one. Give each step its own output"
             )
         path = self.version_path / rel
         atomic_write(path, payload, fsync=self.experiment.store_plugin.fsync)

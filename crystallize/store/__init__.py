@@ -9,9 +9,9 @@ from ._history import MetricRow, MetricSummary, StoredRun, last_run, metric_rows
 from ._journal import Journal
 from ._known_code import KNOWN_CODE, keep_code, recall_code
 from ._leases import LeaseBook, StoreWarning, unusable_lock
+from ._metadata import SCHEMA_VERSION, ConditionMeta, VersionMetadata, VersionStatus
+from ._names import artifact_file
 from ._records import (
-    SCHEMA_VERSION,
-    ConditionMeta,
     ConditionRecord,
     FileRecord,
     Reads,
@@ -19,8 +19,6 @@ from ._records import (
     UnitRecord,
     UnitState,
     UnitTiming,
-    VersionMetadata,
-    VersionStatus,
     content_hash,
     load_value,
     unstorable_leaf,
@@ -42,7 +40,7 @@ __all__ = [
     "ExperimentStore", "FileRecord", "Journal", "LeaseBook", "MetricRow", "MetricSummary",
     "Reads", "Removal", "Scan", "StepCache", "StoreWarning", "StoredRun", "StoredValue",
     "StoredVersion", "UnitRecord", "UnitState", "UnitTiming", "VersionMetadata",
-    "VersionStatus", "VersionWriter", "atomic_write", "check_name", "content_hash",
+    "VersionStatus", "VersionWriter", "artifact_file", "atomic_write", "check_name", "content_hash",
     "keep_code", "last_run", "load_value", "metric_rows", "path_name_problem", "recall_code",
     "stored_runs", "unstorable_leaf", "unusable_lock",
 ]

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptRecordError
-from ._records import ConditionRecord, VersionMetadata
+from ._metadata import VersionMetadata
+from ._records import ConditionRecord
 from ._store import ExperimentStore
 
 
@@ -25,7 +26,7 @@ class StoredRun:
     experiment: str
     number: int
     metadata: VersionMetadata
-    #: condition -> its record (conditions whose record cannot be trusted are left out)
+    #: condition -> its record
     conditions: dict[str, ConditionRecord] = field(default_factory=dict)
 
     @property
@@ -73,12 +74,7 @@ def experiment_runs(root: Path, experiment: str) -> list[StoredRun]:
             continue
         if stored is None:
             continue
-        conditions = {}
-        for condition in stored.metadata.conditions:
-            try:
-                conditions[condition] = stored.condition_record(condition)
-            except CorruptRecordError:
-                continue
+        conditions = {c: stored.condition_record(c) for c in stored.metadata.conditions}
         runs.append(StoredRun(experiment, number, stored.metadata, conditions))
     return runs
 

@@ -1,5 +1,5 @@
 """What a unit read, by content: the record resume compares to reuse a unit (see
-``running._resume``), kept with each unit in ``results.json`` and in a version's journal."""
+``running._resume``), kept with each unit in ``metadata.json`` and in a version's journal."""
 
 from __future__ import annotations
 

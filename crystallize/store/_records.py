@@ -1,9 +1,9 @@
 """The store's typed records, and the value codec that writes them without running code on read.
 
-Three records, each a frozen dataclass with a ``schema_version``, written and read only by the
-store: :class:`VersionMetadata` (``vN/metadata.json``), :class:`ConditionRecord`
-(``vN/<condition>/results.json``) and, inside it, one :class:`UnitRecord` per replicate. A unit
-is ``complete``, ``failed`` or ``never ran``; a condition or a version with a failed unit is not
+One file holds them all, ``vN/metadata.json`` (``_metadata.VersionMetadata``, with a
+``schema_version``): for each condition a :class:`ConditionRecord`, column-wise, with one
+:class:`UnitRecord` per replicate, written and read only by the store. A unit is
+``complete``, ``failed`` or ``never ran``; a condition or a version with a failed unit is not
 complete, and nobody has to infer that from a missing key.
 
 Reading a record never unpickles. Values JSON holds stay JSON; tuples, sets, bytes, dicts with
@@ -29,15 +29,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from ..errors import CorruptRecordError, UnstorableValueError
+from ._names import value_file
 from ._reads import Reads, reads_of
 
-#: Bumped whenever the layout of a record changes; older records are rerun, never guessed at.
-SCHEMA_VERSION = 2
-
 UnitState = Literal["complete", "failed", "never ran"]
-VersionStatus = Literal["complete", "partial", "failed"]
 _UNIT_STATES: tuple[UnitState, ...] = ("complete", "failed", "never ran")
-_VERSION_STATUSES: tuple[VersionStatus, ...] = ("complete", "partial", "failed")
 
 #: Key of a tagged JSON object (a value JSON has no type for).
 TAG = "__crystallize__"
@@ -119,14 +115,21 @@ def unstorable_leaf(value: Any) -> str | None:
 
 
 class Encoder:
-    """Turns values into JSON, collecting the side files they need (``<prefix><n>.npy``)."""
+    """Turns one unit's values into JSON, collecting the side files they need in ``side``.
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.side: list[tuple[str, bytes]] = []
+    The files are numbered in the order the values come, so a unit encoded twice (in the
+    journal, then in the version's records) names the same value's file the same both times.
+    """
+
+    def __init__(self, condition: str, replicate: int, side: list[tuple[str, bytes]]) -> None:
+        self.condition, self.replicate = condition, replicate
+        self.count = 0
+        self.side = side
 
     def _side(self, kind: Literal["npy", "pickle"], data: bytes) -> dict[str, Any]:
-        path = f"{self.prefix}{len(self.side)}.{'npy' if kind == 'npy' else 'pkl'}"
+        path = value_file(self.condition, self.replicate, self.count,
+                          "npy" if kind == "npy" else "pkl")
+        self.count += 1
         self.side.append((path, data))
         return {TAG: kind, "path": path, "size": len(data), "blake2b": content_hash(data)}
 
@@ -289,12 +292,6 @@ class _Reader:
             self.fail(self.key(name), "expected a mapping of names to strings")
         return dict(values)
 
-    def schema(self) -> None:
-        version = self.obj.get("schema_version")
-        if version != SCHEMA_VERSION:
-            self.fail("schema_version", f"written with schema {version!r}, this crystallize "
-                      f"reads schema {SCHEMA_VERSION}")
-
     def file(self, name: str) -> FileRecord:
         sub = self.sub(name) if name else self
         try:
@@ -358,13 +355,12 @@ class UnitRecord:
 
 @dataclass(frozen=True)
 class ConditionRecord:
-    """A condition's ``results.json``: one :class:`UnitRecord` per replicate, in order, and
+    """A condition's units as stored: one :class:`UnitRecord` per replicate, in order, and
     what a reader of its numbers must know (``warnings``: a fallback, a treatment key unread)."""
 
     condition: str
     units: tuple[UnitRecord, ...]
     warnings: tuple[str, ...] = ()
-    schema_version: int = SCHEMA_VERSION
 
     @property
     def replicates(self) -> int:
@@ -392,18 +388,21 @@ class ConditionRecord:
     def errors(self) -> dict[int, str]:
         return {u.replicate: u.error for u in self.units if u.error is not None}
 
-    def to_json(self, encoder: Encoder) -> bytes:
-        metrics = self.metrics()
+    def to_obj(self, side: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """The record as JSON; the side files its values need are appended to ``side``."""
+        encoded = []
+        for u in self.units:
+            encoder = Encoder(self.condition, u.replicate, side)
+            encoded.append({n: encoder.encode(v) for n, v in u.metrics.items()})
+        names = list(dict.fromkeys(n for values in encoded for n in values))
         artifacts = list(dict.fromkeys(n for u in self.units for n in u.artifacts))
         # Column-wise, so that a person or a script reads ``metrics[name][replicate]``.
-        return dump_json({
-            "schema_version": self.schema_version,
-            "condition": self.condition,
+        return {
             "replicates": self.replicates,
             "states": [u.state for u in self.units],
             "seeds": [u.seed for u in self.units],
-            "metrics": {n: [encoder.encode(v) for v in values] for n, values in metrics.items()},
-            "recorded": {n: [n in u.metrics for u in self.units] for n in metrics},
+            "metrics": {n: [values.get(n) for values in encoded] for n in names},
+            "recorded": {n: [n in values for values in encoded] for n in names},
             "artifacts": {n: [(u.artifacts[n].path if n in u.artifacts else None)
                               for u in self.units] for n in artifacts},
             "files": {n: [(_file_json(u.artifacts[n]) if n in u.artifacts else None)
@@ -414,55 +413,49 @@ class ConditionRecord:
                            if u.traceback is not None},
             "warnings": list(self.warnings),
             "reads": [u.reads for u in self.units],
-        })
+        }
 
     @classmethod
-    def from_json(cls, path: Path, data: bytes) -> ConditionRecord:
-        try:
-            obj = decode_json(data)
-        except ValueError as exc:
-            raise CorruptRecordError(f"{path}: not valid JSON ({exc})", path=path) from None
-        r = _Reader(path, obj)
-        r.schema()
+    def read(cls, r: _Reader, condition: str) -> ConditionRecord:
+        """The record of ``condition`` that ``r`` reads (see :meth:`to_obj`)."""
+        path = r.path
         n = r.count("replicates")
         states, seeds = r.get("states", list), r.get("seeds", list)
         metrics, recorded = r.sub("metrics"), r.sub("recorded")
         files, errors = r.sub("files"), r.strings("errors")
-        timings = r.get("timings", list, [None] * n)  # absent in records written before them
-        # Both absent in records written before them.
-        tracebacks = r.strings("tracebacks") if "tracebacks" in r.obj else {}
-        warnings = r.get("warnings", list, [])
+        timings, tracebacks = r.get("timings", list), r.strings("tracebacks")
+        warnings = r.get("warnings", list)
         if not all(isinstance(w, str) for w in warnings):
-            r.fail("warnings", "expected a list of strings")
-        reads = r.get("reads", list, [None] * n)
+            r.fail(r.key("warnings"), "expected a list of strings")
+        reads = r.get("reads", list)
         for key, column in (("states", states), ("seeds", seeds), ("timings", timings),
                             ("reads", reads)):
             if len(column) != n:
-                r.fail(key, f"expected {n} entries (one per replicate), got {len(column)}")
+                r.fail(r.key(key), f"expected {n} entries (one per replicate), got {len(column)}")
         if any(s not in _UNIT_STATES for s in states):
-            r.fail("states", f"expected entries from {list(_UNIT_STATES)}, got {states}")
+            r.fail(r.key("states"), f"expected entries from {list(_UNIT_STATES)}, got {states}")
         units = []
         for rep in range(n):
             values = {}
             for name in metrics.obj:
                 column, flags = metrics.get(name, list), recorded.get(name, list)
                 if len(column) != n or len(flags) != n:
-                    r.fail(f"metrics.{name}", f"expected {n} entries (one per replicate)")
+                    r.fail(r.key(f"metrics.{name}"), f"expected {n} entries (one per replicate)")
                 if flags[rep]:
                     values[name] = column[rep]
             arts = {}
             for name in files.obj:
                 column = files.get(name, list)
                 if len(column) != n:
-                    r.fail(f"files.{name}", f"expected {n} entries (one per replicate)")
+                    r.fail(r.key(f"files.{name}"), f"expected {n} entries (one per replicate)")
                 if column[rep] is not None:
-                    arts[name] = _Reader(path, column[rep], f"files.{name}[{rep}]").file("")
+                    arts[name] = _Reader(path, column[rep], r.key(f"files.{name}[{rep}]")).file("")
             timing = None if timings[rep] is None else UnitTiming.read(
-                _Reader(path, timings[rep], f"timings[{rep}]"))
+                _Reader(path, timings[rep], r.key(f"timings[{rep}]")))
             units.append(UnitRecord(rep, states[rep], seeds[rep], values, arts,
                                     errors.get(str(rep)), timing, tracebacks.get(str(rep)),
-                                    reads_of(r, f"reads[{rep}]", reads[rep])))
-        return cls(r.get("condition", str), tuple(units), tuple(warnings))
+                                    reads_of(r, r.key(f"reads[{rep}]"), reads[rep])))
+        return cls(condition, tuple(units), tuple(warnings))
 
     def side_files(self) -> list[FileRecord]:
         """The side files its values live in."""
@@ -490,109 +483,3 @@ class ConditionRecord:
             for u in self.units
         )
         return replace(self, units=units)
-
-
-# -- version metadata -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ConditionMeta:
-    """What ``metadata.json`` says about one condition of the version."""
-
-    treatment: str
-    state: UnitState
-    executed_replicates: tuple[int, ...]
-    #: the condition's ``results.json`` as written (so a hand edit or truncation shows)
-    results: FileRecord
-
-    @property
-    def complete(self) -> bool:
-        return self.state == "complete"
-
-
-@dataclass(frozen=True)
-class VersionMetadata:
-    """``vN/metadata.json``, written last: from then on the version is what it says.
-
-    ``status`` is ``complete`` when every unit of every condition succeeded, ``partial`` when
-    some failed (resume reruns those), ``failed`` when the experiment failed as a whole.
-    """
-
-    experiment: str
-    version: int
-    status: VersionStatus
-    replicates: int
-    conditions: Mapping[str, ConditionMeta]
-    fingerprint: Mapping[str, Any]
-    upstreams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    seeds: tuple[int, ...] = ()
-    strategy: str = "rerun"
-    reason: str = ""
-    executor: str = ""
-    timings: Mapping[str, float] = field(default_factory=dict)
-    host: str = ""
-    pid: int = 0
-    #: the graph run that wrote it (every version one ``run`` writes shares it)
-    run: str = ""
-    schema_version: int = SCHEMA_VERSION
-
-    @property
-    def complete(self) -> bool:
-        return self.status == "complete"
-
-    def condition_state(self, condition: str) -> UnitState:
-        """``complete``, ``failed`` (some unit failed) or ``never ran`` (not in this version)."""
-        info = self.conditions.get(condition)
-        return "never ran" if info is None else info.state
-
-    def to_json(self) -> bytes:
-        return dump_json({
-            "schema_version": self.schema_version,
-            "experiment": self.experiment,
-            "version": self.version,
-            "status": self.status,
-            "replicates": self.replicates,
-            "conditions": {c: {
-                "treatment": i.treatment, "state": i.state, "complete": i.complete,
-                "executed_replicates": list(i.executed_replicates),
-                "results": _file_json(i.results),
-            } for c, i in self.conditions.items()},
-            "fingerprint": self.fingerprint,
-            "upstreams": {p: dict(u) for p, u in self.upstreams.items()},
-            "seeds": list(self.seeds),
-            "strategy": self.strategy,
-            "reason": self.reason,
-            "executor": self.executor,
-            "timings": dict(self.timings),
-            "host": self.host,
-            "pid": self.pid,
-            "run": self.run,
-        })
-
-    @classmethod
-    def from_json(cls, path: Path, data: bytes) -> VersionMetadata:
-        try:
-            obj = json.loads(data)  # plain JSON: metadata holds no tagged values
-        except ValueError as exc:
-            raise CorruptRecordError(f"{path}: not valid JSON ({exc})", path=path) from None
-        r = _Reader(path, obj)
-        r.schema()
-        conditions = {}
-        for name in r.get("conditions", dict):
-            c = r.sub("conditions").sub(name)
-            conditions[name] = ConditionMeta(
-                treatment=c.get("treatment", str), state=c.choice("state", _UNIT_STATES),
-                executed_replicates=c.ints("executed_replicates"), results=c.file("results"),
-            )
-        if not conditions:
-            r.fail("conditions", "expected at least the baseline condition, got none")
-        timings = r.get("timings", dict, {})
-        return cls(
-            experiment=r.get("experiment", str), version=r.get("version", int),
-            status=r.choice("status", _VERSION_STATUSES), replicates=r.count("replicates"),
-            conditions=conditions, fingerprint=r.get("fingerprint", dict),
-            upstreams=r.get("upstreams", dict, {}), seeds=r.ints("seeds"),
-            strategy=r.get("strategy", str, "rerun"), reason=r.get("reason", str, ""),
-            executor=r.get("executor", str, ""),
-            timings={k: v for k, v in timings.items() if isinstance(v, (int, float))},
-            host=r.get("host", str, ""), pid=r.get("pid", int, 0), run=r.get("run", str, ""),
-        )
-

@@ -1,28 +1,31 @@
 """The versioned on-disk store: ``<root>/<experiment>/vN/``.
 
-Layout of one version::
+Layout of one version, every file directly in ``vN/`` (creating a file or a folder is what a
+small unit's bookkeeping costs most on real disks, so there are as few as crash consistency
+allows)::
 
-    vN/metadata.json                   # written last; status "complete", "partial" or "failed"
-    vN/<condition>/results.json        # per replicate: state, metrics, artifact sizes and hashes
-    vN/<condition>/values/<n>.npy|pkl  # metric values JSON cannot hold (read only when needed)
-    vN/<condition>/.crystallize_complete   # only after results.json, for a complete condition
-    vN/replicate_<r>/<condition>/<step>/<file>    # artifacts, written by the units
+    vN/metadata.json                   # every condition's units: metrics, files, reads...
+    vN/.crystallize_complete           # last: the hash of metadata.json (none when failed)
+    vN/<condition>~r<r>~<step>~<name>  # artifacts, written by the units (see ``_names``)
+    vN/<condition>~r<r>~<n>.npy|pkl    # metric values JSON cannot hold (read only when needed)
     vN/units.jsonl                     # journal of the units finished while it is written
     vN/.doomed                         # briefly, while a pruner decides
 
 The records themselves (and why reading them runs no code) are in ``_records``.
 
 Crash consistency comes from ordering and atomic renames: every file is written to a temporary
-name and renamed into place, a marker only after the files it vouches for, and
-``metadata.json`` only after every marker. ``metadata.json`` records the size and hash of each
-``results.json``, which records those of each artifact, so a truncated or edited file is seen.
-A version without a readable ``metadata.json`` is never used as a whole. Older versions are
-pruned only after a newer one is complete.
+name and renamed into place, ``metadata.json`` only after every file it lists, and the marker
+only after ``metadata.json``. The marker holds ``metadata.json``'s hash, and ``metadata.json``
+the size and hash of each artifact, so a truncated or edited file is seen, and a torn marker
+vouches for nothing. A version is used only with its marker (a failed one has none and is never
+used); older versions are pruned only after a newer one is complete. A version stored by an
+older layout is never used either, but it is kept and pruned by the status it recorded.
 
 While a version is written, each unit that finishes is appended to its journal (one line in one
 ``write``, after the unit's artifacts and value files are in place), so a run that is
 interrupted keeps what it finished: a later resume reuses those units. The first line says
-which run it was (fingerprint, treatments); a torn or garbled line is skipped.
+which run it was (fingerprint, treatments); a torn or garbled line is skipped. Once the marker
+is written the journal says nothing ``metadata.json`` does not, and it is removed.
 
 Concurrency comes from kernel file locks (``filelock``), which the OS releases when a holder
 dies, so a crashed process never blocks a later one. Locks are taken per run, not per file, to
@@ -63,20 +66,13 @@ from typing import Any
 
 from filelock import FileLock
 
-from ..errors import CorruptRecordError, InvalidNameError, StoreError
+from ..errors import CorruptRecordError, InvalidNameError, OlderLayoutError, StoreError
 from ._journal import JOURNAL, journal_line
 from ._leases import LeaseBook, held_by_someone, unusable_lock
-from ._records import (
-    ConditionRecord,
-    Encoder,
-    FileRecord,
-    UnitRecord,
-    VersionMetadata,
-    content_hash,
-)
+from ._metadata import VersionMetadata, VersionStatus
+from ._records import ConditionRecord, Encoder, UnitRecord, content_hash
 
 METADATA = "metadata.json"
-RESULTS = "results.json"
 MARKER = ".crystallize_complete"
 DOOMED = ".doomed"
 _VERSION = re.compile(r"^v(\d+)$")
@@ -180,31 +176,8 @@ class StoredVersion:
         return self.metadata.complete
 
     def condition_record(self, condition: str) -> ConditionRecord:
-        """The condition's ``results.json``, checked against what ``metadata.json`` recorded.
-
-        Raises :class:`CorruptRecordError` saying what is wrong: a complete condition without
-        its marker, a missing, truncated or edited ``results.json``.
-        """
-        info = self.metadata.conditions[condition]
-        cdir = self.path / condition
-        if info.complete and not (cdir / MARKER).exists():
-            raise CorruptRecordError(f"{cdir}: completion marker {MARKER} missing", path=cdir)
-        path = self.path / info.results.path
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise CorruptRecordError(f"{path}: cannot be read ({exc})", path=path) from None
-        if len(data) != info.results.size or content_hash(data) != info.results.blake2b:
-            raise CorruptRecordError(
-                f"{path}: changed since the run wrote it ({len(data)} bytes, {info.results.size} "
-                "written); not trusted", path=path)
-        return ConditionRecord.from_json(path, data)
-
-    def file_problems(self, record: ConditionRecord, replicates: list[int]) -> list[str]:
-        """Files of those replicates (artifacts, value files) that are missing or truncated."""
-        files = [f for r in replicates for f in record.units[r].artifacts.values()]
-        files += record.side_files()
-        return [p for f in files if (p := f.problem(self.path)) is not None]
+        """The units of ``condition`` as ``metadata.json`` records them."""
+        return self.metadata.conditions[condition].record
 
 
 @dataclass
@@ -216,6 +189,8 @@ class VersionWriter:
     fsync: bool
 
     journaled: bool = False
+    #: value files written for the journal, by path: their hash (not written twice)
+    written: dict[str, str] = field(default_factory=dict)
 
     def reuse(self, source: Path, unit: UnitRecord) -> None:
         """Bring a unit's artifacts over from the version at ``source`` without recomputing it.
@@ -225,7 +200,6 @@ class VersionWriter:
         """
         for art in unit.artifacts.values():
             dst = self.path / art.path
-            dst.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(source / art.path, dst)
             except FileExistsError:
@@ -233,12 +207,18 @@ class VersionWriter:
             except OSError:
                 shutil.copy2(source / art.path, dst)
 
+    def _write_values(self, side: list[tuple[str, bytes]]) -> None:
+        for rel, payload in side:
+            digest = content_hash(payload)
+            if self.written.get(rel) != digest:
+                atomic_write(self.path / rel, payload, fsync=self.fsync)
+                self.written[rel] = digest
+
     def journal(self, header: dict[str, Any], condition: str, unit: UnitRecord) -> None:
         """Append a finished unit to the journal (created with ``header`` on first use)."""
-        encoder = Encoder(f"{condition}/values/r{unit.replicate}-")
-        line = journal_line(condition, unit, encoder)
-        for rel, payload in encoder.side:
-            atomic_write(self.path / rel, payload, fsync=self.fsync)
+        side: list[tuple[str, bytes]] = []
+        line = journal_line(condition, unit, Encoder(condition, unit.replicate, side))
+        self._write_values(side)
         flags = os.O_WRONLY | os.O_APPEND
         if not self.journaled:
             line = json.dumps(header).encode() + b"\n" + line
@@ -256,27 +236,26 @@ class VersionWriter:
             fsync_dir(self.path)
         self.journaled = True
 
-    def finish_condition(self, record: ConditionRecord) -> FileRecord:
-        """Write the condition's value files and ``results.json``, then its marker if complete.
-
-        Returns what ``metadata.json`` records about the ``results.json`` written.
-        """
-        cdir = self.path / record.condition
-        encoder = Encoder(f"{record.condition}/values/")
-        data = record.to_json(encoder)
-        for rel, payload in encoder.side:
-            atomic_write(self.path / rel, payload, fsync=self.fsync)
-        atomic_write(cdir / RESULTS, data, fsync=self.fsync)
-        if record.state == "complete":
-            # An empty marker cannot be partial, so it is created directly, not renamed in.
-            os.close(os.open(cdir / MARKER, os.O_WRONLY | os.O_CREAT, 0o644))
-            if self.fsync:
-                fsync_dir(cdir)
-        return FileRecord.of(f"{record.condition}/{RESULTS}", data)
-
     def publish(self, metadata: VersionMetadata) -> StoredVersion:
-        """Write ``metadata.json`` last: from here on the version is used by resume and readers."""
-        atomic_write(self.path / METADATA, metadata.to_json(), fsync=self.fsync)
+        """Write the value files, ``metadata.json``, then the marker: from then on the version
+        is used by resume and readers (a failed one gets no marker and never is)."""
+        data, side = metadata.to_json()
+        self._write_values(side)
+        atomic_write(self.path / METADATA, data, fsync=self.fsync)
+        if metadata.status != "failed":
+            # Not renamed in: a torn marker does not match the hash, so it vouches for nothing.
+            fd = os.open(self.path / MARKER, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, content_hash(data).encode())
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if self.fsync:
+                fsync_dir(self.path)
+            if self.journaled:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path / JOURNAL)
         return StoredVersion(self.number, self.path, metadata)
 
 
@@ -354,7 +333,8 @@ class ExperimentStore:
 
     def read(self, number: int) -> StoredVersion | None:
         """Version ``number``; None while it has no ``metadata.json`` (being written, or
-        abandoned); :class:`CorruptRecordError` if its metadata is not what a run writes."""
+        abandoned); :class:`CorruptRecordError` if its metadata is not what a run writes or
+        its marker does not vouch for it (:class:`OlderLayoutError` for an older layout)."""
         path = self.dir / f"v{number}"
         try:
             data = (path / METADATA).read_bytes()
@@ -363,7 +343,30 @@ class ExperimentStore:
         except OSError as exc:
             raise CorruptRecordError(f"{path / METADATA}: cannot be read ({exc})",
                                      path=path / METADATA) from None
-        return StoredVersion(number, path, VersionMetadata.from_json(path / METADATA, data))
+        metadata = VersionMetadata.from_json(path / METADATA, data)
+        if metadata.status != "failed":
+            try:
+                seal = (path / MARKER).read_bytes()
+            except OSError:
+                raise CorruptRecordError(
+                    f"{path / MARKER}: completion marker missing (the run stopped while "
+                    "publishing, or it was removed); not trusted", path=path / MARKER) from None
+            if seal.decode(errors="replace") != content_hash(data):
+                raise CorruptRecordError(
+                    f"{path / METADATA}: changed since the run wrote it (it does not match the "
+                    f"hash in {MARKER}); not trusted", path=path / METADATA)
+        return StoredVersion(number, path, metadata)
+
+    def _status(self, number: int) -> VersionStatus | None:
+        """The status version ``number`` recorded, also under an older layout; None while it
+        has none (being written, abandoned) or cannot be trusted."""
+        try:
+            version = self.read(number)
+        except OlderLayoutError as exc:
+            return exc.status  # type: ignore[return-value]
+        except CorruptRecordError:
+            return None
+        return None if version is None else version.metadata.status
 
     def _read_quietly(self, number: int) -> StoredVersion | None:
         try:
@@ -483,13 +486,13 @@ class ExperimentStore:
         numbers = self.version_numbers()
         if len(numbers) <= self.keep:
             return removal
-        versions = [(n, self._read_quietly(n)) for n in numbers]
-        complete = [n for n, v in versions if v is not None and v.complete]
-        published = [n for n, v in versions if v is not None]
+        states = [(n, self._status(n)) for n in numbers]
+        complete = [n for n, s in states if s == "complete"]
+        published = [n for n, s in states if s is not None]
         if not published:
             return removal
         retire = set(complete[self.keep:]) | {
-            n for n, v in versions if (v is None or not v.complete) and n < published[0]
+            n for n, s in states if s != "complete" and n < published[0]
         }
         if retire:
             self._retire(sorted(retire), removal)
@@ -508,10 +511,10 @@ class ExperimentStore:
         if not self.dir.is_dir():
             return removal
         try:
-            versions = [(n, self._read_quietly(n)) for n in self.version_numbers()]
-            complete = [n for n, v in versions if v is not None and v.complete]
+            numbers = self.version_numbers()
+            complete = [n for n in numbers if self._status(n) == "complete"]
             kept = complete[:keep] if keep is not None else []
-            self._retire([n for n, _ in versions if n not in kept], removal)
+            self._retire([n for n in numbers if n not in kept], removal)
             for entry in sorted(self.dir.iterdir()):
                 if not entry.name.startswith(".trash-") or entry in removal.trash:
                     continue
