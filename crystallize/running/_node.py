@@ -217,12 +217,13 @@ class NodeInputs:
 class ExperimentRun:
     """Runs (or resumes) one configured experiment for the scheduler."""
 
-    def __init__(self, inputs: NodeInputs, exp: Experiment) -> None:
+    def __init__(self, inputs: NodeInputs, exp: Experiment, root: Path | None = None) -> None:
+        """``root``: the experiment's store root, resolved (if the caller has it already)."""
         self.inputs = inputs
         self.exp = exp
         plugin = exp.store_plugin
         self.store = ExperimentStore(
-            plugin.root_dir.resolve(), exp.name or "experiment", keep=plugin.keep,
+            root or plugin.root_dir.resolve(), exp.name or "experiment", keep=plugin.keep,
             fsync=plugin.fsync,
         )
 

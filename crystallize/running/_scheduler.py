@@ -114,6 +114,8 @@ class Scheduler:
         self._seq = itertools.count()
         self._ready = anyio.Semaphore(0)
         self._books: dict[Path, LeaseBook] = {}
+        #: each store root as given, resolved
+        self._resolved: dict[Path, Path] = {}
         self._background: TaskGroup | None = None
         self._rank: dict[str, float] = {}
         self._queued: dict[str, int] = {}
@@ -147,8 +149,11 @@ class Scheduler:
 
     def _store_roots(self) -> list[Path]:
         """Every store root this run reads or writes (the step cache lives inside them)."""
-        roots = {exp.store_plugin.root_dir.resolve() for exp in self.graph.experiments.values()}
-        return sorted(roots)
+        for exp in self.graph.experiments.values():
+            root = exp.store_plugin.root_dir
+            if root not in self._resolved:  # once per root, however many experiments share it
+                self._resolved[root] = root.resolve()
+        return sorted(set(self._resolved.values()))
 
     def discard(self, paths: list[Path]) -> None:
         """Delete retired version directories in the background."""
@@ -262,7 +267,7 @@ class Scheduler:
             discard=self.discard, run_id=self.run_id,
             stop=self.stop if self.options.fail_fast else None,
         )
-        return ExperimentRun(inputs, exp)
+        return ExperimentRun(inputs, exp, self._resolved.get(exp.store_plugin.root_dir))
 
     @contextlib.contextmanager
     def _recording(self, name: str, exp: Experiment) -> Iterator[None]:
@@ -306,8 +311,12 @@ class Scheduler:
         return True
 
     def _check_store_roots(self) -> None:
+        checked: set[Path] = set()
         for exp in self.graph.experiments.values():
             root = exp.store_plugin.root_dir
+            if root in checked:
+                continue
+            checked.add(root)
             if root.exists() and not root.is_dir():
                 raise NotADirectoryError(
                     errno.ENOTDIR, f"experiment {exp.name!r} stores its runs in {str(root)!r}, "
