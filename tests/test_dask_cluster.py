@@ -438,3 +438,29 @@ def test_a_unit_that_kills_its_worker_fails_alone(cluster: Cluster, tmp_path: Pa
     assert isinstance(error, WorkerKilledError) and "killed its worker" in str(error)
     assert sum(v == 1 for v in killer.metrics.baseline.metrics["ok"]) == 5
     assert results["calm"].errors == {} and len(results["calm"].metrics.baseline.metrics["ok"]) == 4
+
+
+def test_a_lent_client_sends_promptly_during_the_run_and_comes_back_as_it_was(
+    cluster: Cluster, tmp_path: Path,
+) -> None:
+    root = write_graph(tmp_path / "graph", replicates=2)
+    with cluster.client() as client:
+        before = client.scheduler_comm.interval
+        during: list[float] = []
+
+        def seen(event: crystallize.Event) -> None:  # runs in this process, mid-run
+            if event.kind == "unit_finished":
+                during.append(client.scheduler_comm.interval)
+
+        results = ExperimentGraph.from_yaml(root).run(executor=DaskExecutor(client),
+                                                      on_event=seen)
+        assert unit_pids(results).isdisjoint({os.getpid()})
+        # Each trip's message leaves at once, not after Dask's 10 ms batching interval.
+        assert during and set(during) == {0.0}
+        assert client.scheduler_comm.interval == before > 0
+        # Nothing of the run is left on the cluster for this client: no result, no plugin.
+        assert client.run_on_scheduler(
+            lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks]) == []
+        assert not any(name.startswith("crystallize")
+                       for name in client.run_on_scheduler(
+                           lambda dask_scheduler: list(dask_scheduler.worker_plugins)))

@@ -13,6 +13,8 @@ This module imports ``distributed``: the executor imports it only when a Dask ru
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures as cf
 import contextlib
 import json
 import logging
@@ -317,6 +319,55 @@ def run_units_on_worker(
     if problem is not None:
         return address, problem
     return address, run_pickled_units(key, blob, tasks)
+
+
+def trip_key() -> str:
+    """A fresh Dask key for one trip; :class:`ClusterWatch` knows this run's tasks by it."""
+    return f"{run_units_on_worker.__name__}-{uuid.uuid4().hex}"
+
+
+def start_trip(
+    client: Client, key: str, args: tuple[str, bytes, list[UnitTask], str | None],
+    workers: list[str],
+) -> cf.Future[tuple[str, list[bytes] | str]]:
+    """Submit one :func:`run_units_on_worker` task as ``key`` and fetch its result, both on the
+    client's own event loop; the returned future is set there once the result is here.
+
+    A synchronous client's ``result()`` costs a hop to Dask's callback thread, one to a thread
+    that blocks in ``result()`` and one into the client's loop for every trip; from inside its
+    loop the trip is one coroutine. ``workers``: where to prefer it (empty: anywhere).
+    """
+    async def trip() -> tuple[str, list[bytes] | str]:
+        fut = client.submit(run_units_on_worker, *args, key=key, workers=workers or None,
+                            allow_other_workers=bool(workers))
+        try:
+            return await client.gather(fut, asynchronous=True)
+        finally:
+            # At once rather than when the future object is collected: the cluster forgets
+            # the result, and a cancelled trip's task is dropped.
+            fut.release()
+
+    loop: Any = client.loop  # tornado's IOLoop over asyncio, in Dask's own thread
+    return asyncio.run_coroutine_threadsafe(trip(), loop.asyncio_loop)
+
+
+def send_promptly(client: Client) -> Callable[[], None]:
+    """Make the client send each message to the scheduler at once; returns what undoes it.
+
+    A client batches its messages for 10 ms, so a trip submitted less than 10 ms after the
+    previous message (the release of the last result) waits out the rest: on a chain of small
+    units, most of each node's time. Undone after the run, for a client the caller lent us.
+    """
+    comm: Any = getattr(client, "scheduler_comm", None)
+    interval = getattr(comm, "interval", None)
+    if not isinstance(interval, (int, float)):  # another Dask's internals: leave them be
+        return lambda: None
+    comm.interval = 0.0
+
+    def undo() -> None:
+        comm.interval = interval
+
+    return undo
 
 
 def blind_worker_error(worker: str, problem: str) -> ClusterError:

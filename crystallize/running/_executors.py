@@ -33,7 +33,7 @@ import anyio
 import anyio.lowlevel
 
 from ..errors import WorkerKilledError
-from ._futures import wait_done, wait_future
+from ._futures import wait_future
 from ._pool import WorkerDied, WorkerPool
 from ._unit import (
     UnitOutcome,
@@ -314,6 +314,7 @@ class DaskExecutor(Executor):
         self._target: Any = None
         self._probe: Any = None
         self._watch: Any = None
+        self._undo_send: Callable[[], None] | None = None
         self._quarantine: anyio.Lock  # made per run, in __aenter__
         #: workers that joined mid-run blind to the store, and what they could not see
         self._blind: dict[str, str] = {}
@@ -360,6 +361,7 @@ class DaskExecutor(Executor):
             workers = await anyio.to_thread.run_sync(
                 dc.wait_for_workers, self.client, self._target, self.wait_for_workers, self.say)
             self.client.subscribe_topic("all", self._watch.handle)
+            self._undo_send = dc.send_promptly(self.client)
         except BaseException:
             await self._close()
             raise
@@ -381,6 +383,9 @@ class DaskExecutor(Executor):
         if probe is not None:
             await anyio.to_thread.run_sync(probe.remove)
             await anyio.to_thread.run_sync(probe.unregister, self.client)
+        undo, self._undo_send = self._undo_send, None
+        if undo is not None:
+            undo()
         if self.client is not None:
             with contextlib.suppress(Exception):
                 self.client.unsubscribe_topic("all")
@@ -398,21 +403,18 @@ class DaskExecutor(Executor):
 
         first = jobs[0]
         check = self._probe.plugin_name if self._probe is not None else None
+        args = (first.key, first.pickled(), [j.task for j in jobs], check)
         for _ in range(BLIND_RETRIES):
             # Workers found blind to the store are avoided where any other one is there.
             seeing = [w for w in self.client.scheduler_info().get("workers", {})
                       if w not in self._blind] if self._blind else []
-            fut = self.client.submit(
-                dc.run_units_on_worker, first.key, first.pickled(), [j.task for j in jobs],
-                check, pure=False, workers=seeing or None, allow_other_workers=bool(seeing))
+            key = dc.trip_key()
             try:
-                await wait_done(fut)
-                # Fetching the result is a trip to the worker that holds it, and it waits while
-                # Dask recomputes a result lost with its worker: not on the event loop.
-                worker, packed = await anyio.to_thread.run_sync(fut.result)
+                # Dask recomputes a result lost with its worker before the trip ends.
+                worker, packed = await wait_future(dc.start_trip(self.client, key, args, seeing))
             except KilledWorker as exc:
-                raise _Killed(exc, lost + self._watch.lost_during(fut.key)) from None
-            lost = lost + self._watch.lost_during(fut.key)
+                raise _Killed(exc, lost + self._watch.lost_during(key)) from None
+            lost = lost + self._watch.lost_during(key)
             if not isinstance(packed, str):
                 break
             self._blind[worker] = packed
