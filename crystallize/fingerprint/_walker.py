@@ -427,9 +427,20 @@ def _follow(
         yield module, name, obj
 
 
-#: While a :func:`snapshot` is active: code parts already computed, by ``(id, strict)`` of the
-#: callable (kept alive next to its parts, so that the id cannot be reused meanwhile).
-_SNAPSHOT: contextvars.ContextVar[dict[tuple[int, bool], tuple[Any, dict[str, str]]] | None] = (
+class _Known:
+    """A callable's code parts computed during a :func:`snapshot`, and their summary once asked
+    for (the callable is kept alive here, so that its id cannot be reused meanwhile)."""
+
+    __slots__ = ("fn", "parts", "summary")
+
+    def __init__(self, fn: Any, parts: dict[str, str]) -> None:
+        self.fn = fn
+        self.parts = parts
+        self.summary: str | None = None
+
+
+#: While a :func:`snapshot` is active: what is known of each callable, by ``(id, strict)``.
+_SNAPSHOT: contextvars.ContextVar[dict[tuple[int, bool], _Known] | None] = (
     contextvars.ContextVar("crystallize_fingerprint_snapshot", default=None)
 )
 
@@ -456,7 +467,7 @@ def _code_parts(fn: Any, *, strict: bool) -> dict[str, str]:
         raise TypeError(f"expected a callable, got {type(fn).__qualname__}")
     memo = _SNAPSHOT.get()
     if memo is not None and (hit := memo.get((id(fn), strict))) is not None:
-        return dict(hit[1])
+        return dict(hit.parts)
     token = ("parts", id(fn))
     active = _active()
     if token in active:
@@ -468,7 +479,7 @@ def _code_parts(fn: Any, *, strict: bool) -> dict[str, str]:
         active.discard(token)
     if memo is not None and not active:
         # Only top-level results: a nested one may hold a recursion marker for its caller.
-        memo[(id(fn), strict)] = (fn, dict(parts))
+        memo[(id(fn), strict)] = _Known(fn, dict(parts))
     return parts
 
 
@@ -480,4 +491,11 @@ def _summarise(parts: dict[str, str]) -> str:
 
 def code_summary(fn: Any, strict: bool) -> str:
     """One fingerprint of everything *fn*'s code parts hold (how values encode callables)."""
-    return _summarise(_code_parts(fn, strict=strict))
+    parts = _code_parts(fn, strict=strict)
+    memo = _SNAPSHOT.get()
+    known = memo.get((id(fn), strict)) if memo is not None else None
+    if known is None:  # no snapshot, or a nested result (never kept)
+        return _summarise(parts)
+    if known.summary is None:  # a run asks for it once per experiment, of the same function
+        known.summary = _summarise(known.parts)
+    return known.summary
