@@ -136,6 +136,36 @@ def test_a_version_whose_marker_was_never_written_is_not_trusted_but_its_journal
     assert store.newest_complete().number == again.version  # type: ignore[union-attr]
 
 
+def test_the_journal_of_an_interrupted_run_of_the_older_layout_is_not_reused(monkeypatch):
+    real_open = os.open
+
+    def disk_full_at_the_marker(path, flags, *args, **kwargs):
+        if Path(path).name == MARKER:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    with monkeypatch.context() as patched, pytest.raises(ExperimentFailedError):
+        patched.setattr(os, "open", disk_full_at_the_marker)
+        experiment().run(executor="inline")
+    calls()
+    # Made into what the older layout left when interrupted: no metadata.json, the journal's
+    # header without a schema, and artifacts in a folder per replicate, condition and step.
+    v0 = Path("data/solo/v0")
+    (v0 / "metadata.json").unlink()
+    header, *units = (v0 / "units.jsonl").read_text().splitlines()
+    header = json.dumps({k: v for k, v in json.loads(header).items() if k != "schema_version"})
+    for r in (0, 1):
+        nested = v0 / f"replicate_{r}" / "baseline" / "MeasureStep" / "out.json"
+        nested.parent.mkdir(parents=True)
+        (v0 / f"baseline~r{r}~MeasureStep~out.json").rename(nested)
+        units[r] = units[r].replace(f"baseline~r{r}~MeasureStep~out.json",
+                                    f"replicate_{r}/baseline/MeasureStep/out.json")
+    (v0 / "units.jsonl").write_text("\n".join([header, *units]) + "\n")
+    again = experiment().run(executor="inline", strategy="resume")
+    assert again.executed and calls() == ["baseline:0", "baseline:1", "baseline:2"]
+    assert again.metrics.baseline.metrics["total"] == [6, 6, 6]
+
+
 def old_layout_version(root: Path, number: int, status: str = "complete") -> Path:
     """A version as the store wrote it before schema 3: a folder per condition and replicate."""
     v = root / "solo" / f"v{number}"

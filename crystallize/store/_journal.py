@@ -1,9 +1,10 @@
 """The journal of a version being written: one line per unit that finished, so that a run
 interrupted by Ctrl-C, ``kill -9`` or a failure elsewhere keeps what it finished.
 
-The first line says which run it is (fingerprint, treatments, upstream versions). Each further
-line is a complete unit, appended in one ``write`` after its artifacts and value files are in
-place, so a line never vouches for a file that is not there; a torn or garbled line is skipped.
+The first line says which run it is (fingerprint, treatments, upstream versions, the schema).
+Each further line is a complete unit, appended in one ``write`` after its artifacts and value
+files are in place, so a line never vouches for a file that is not there; a torn or garbled
+line is skipped.
 Reading it unpickles nothing (values JSON cannot hold stay placeholders, as in ``_records``).
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptRecordError
+from ._metadata import SCHEMA_VERSION
 from ._reads import reads_of
 from ._records import Encoder, UnitRecord, _file_json, _Reader, decode_json, dump_json
 
@@ -66,8 +68,8 @@ class Journal:
             header = json.loads(lines[0]) if lines else None
         except ValueError:
             header = None
-        if not isinstance(header, dict):
-            return None
+        if not isinstance(header, dict) or header.get("schema_version") != SCHEMA_VERSION:
+            return None  # not a journal, or one of an older layout (its files lie elsewhere)
         units: dict[str, dict[int, UnitRecord]] = {}
         for line in lines[1:]:
             try:

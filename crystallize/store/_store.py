@@ -69,7 +69,7 @@ from filelock import FileLock
 from ..errors import CorruptRecordError, InvalidNameError, OlderLayoutError, StoreError
 from ._journal import JOURNAL, journal_line
 from ._leases import LeaseBook, held_by_someone, unusable_lock
-from ._metadata import VersionMetadata, VersionStatus
+from ._metadata import SCHEMA_VERSION, VersionMetadata, VersionStatus
 from ._records import ConditionRecord, Encoder, UnitRecord, content_hash
 
 METADATA = "metadata.json"
@@ -221,7 +221,8 @@ class VersionWriter:
         self._write_values(side)
         flags = os.O_WRONLY | os.O_APPEND
         if not self.journaled:
-            line = json.dumps(header).encode() + b"\n" + line
+            first = {**header, "schema_version": SCHEMA_VERSION}
+            line = json.dumps(first).encode() + b"\n" + line
             flags |= os.O_CREAT
         fd = os.open(self.path / JOURNAL, flags, 0o644)
         try:
