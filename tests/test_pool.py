@@ -71,3 +71,17 @@ def test_an_edited_experiment_runs_as_edited_on_the_same_executor() -> None:
         executor=executor)
     assert first.metrics.baseline.metrics["who"] == ["same"]
     assert second.metrics.baseline.metrics["who"] == ["edited"]
+
+
+def test_an_experiment_and_outcomes_larger_than_a_socket_buffer_travel_whole() -> None:
+    ballast = bytes(range(256)) * 8192  # 2 MiB inside the experiment's pickle
+
+    @pipeline_step()
+    def echo(data, ctx):
+        return data, {"size": len(ballast), "tail": ballast[-3:], "back": ballast[:300_000]}
+
+    result = Experiment(nothing(), [echo()], name="big", replicates=3).run(
+        executor=ProcessExecutor(max_workers=2, batching=False))
+    metrics = result.metrics.baseline.metrics
+    assert metrics["size"] == [len(ballast)] * 3 and metrics["tail"] == [b"\xfd\xfe\xff"] * 3
+    assert metrics["back"] == [ballast[:300_000]] * 3

@@ -138,8 +138,7 @@ class _Worker:
         body = pickle.dumps((key, blob, tasks), pickle.HIGHEST_PROTOCOL)
         try:
             await self._write(_HEADER.pack(len(body)) + body)
-            header = await self._read(_HEADER.size)
-            return pickle.loads(await self._read(_HEADER.unpack(header)[0]))
+            return pickle.loads(await self._receive())
         except (ConnectionError, EOFError):
             raise WorkerDied(await self._epitaph()) from None
 
@@ -151,19 +150,24 @@ class _Worker:
             except BlockingIOError:
                 await anyio.wait_writable(self.sock)
 
-    async def _read(self, size: int) -> bytearray:
-        data = bytearray(size)
-        view, got = memoryview(data), 0
-        while got < size:
+    async def _receive(self) -> memoryview:
+        # Waits before it reads (a reply is never there yet) and reads a small reply whole in
+        # one call: every system call here lets other threads take the GIL, and getting it
+        # back can take longer than the call.
+        data = bytearray()
+        size, sized = _HEADER.size, False
+        while len(data) < size:
+            await anyio.wait_readable(self.sock)
             try:
-                count = self.sock.recv_into(view[got:])
+                chunk = self.sock.recv(max(size - len(data), 1 << 16))
             except BlockingIOError:
-                await anyio.wait_readable(self.sock)
                 continue
-            if count == 0:
+            if not chunk:
                 raise EOFError
-            got += count
-        return data
+            data += chunk
+            if not sized and len(data) >= size:
+                size, sized = size + _HEADER.unpack_from(data)[0], True
+        return memoryview(data)[_HEADER.size:]
 
     async def _epitaph(self) -> str:
         """What became of a worker that hung up."""
