@@ -94,9 +94,9 @@ class Executor(abc.ABC):
     def lookahead(self) -> int:
         """How many units to hand over beyond :attr:`capacity`.
 
-        Executors whose units travel to other processes queue one unit ahead per worker, so
-        a worker that finishes starts its next unit at once instead of idling for a round trip
-        through the scheduler (about 2 ms per unit with a process pool).
+        Executors whose units travel to other processes hold one unit ready per worker, so a
+        worker that finishes gets its next unit at once (sent as soon as its reply is read)
+        instead of after a pass of that unit through the scheduler's queue.
         """
         return self.max_workers if self.out_of_process else 0
 
