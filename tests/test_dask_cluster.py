@@ -464,3 +464,53 @@ def test_a_lent_client_sends_promptly_during_the_run_and_comes_back_as_it_was(
         assert not any(name.startswith("crystallize")
                        for name in client.run_on_scheduler(
                            lambda dask_scheduler: list(dask_scheduler.worker_plugins)))
+
+
+SLOW_STEPS = '''
+import os, time
+from pathlib import Path
+from crystallize import pipeline_step
+
+@pipeline_step()
+def maybe_hang(data, ctx, gate: str = ""):
+    if ctx["replicate"] == 1:
+        # Hangs past the unit's timeout, until the test lets it go (it must not need to).
+        deadline = time.monotonic() + 120
+        while not Path(gate, "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return data, {"pid": os.getpid()}
+'''
+
+
+def test_a_unit_past_its_timeout_fails_named_and_the_others_finish(
+    cluster: Cluster, tmp_path: Path,
+) -> None:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    root = tmp_path / "graph"
+    for name, replicates in (("hangs", 6), ("calm", 4)):
+        folder = root / name
+        folder.mkdir(parents=True)
+        gated = f"{{gate: {json.dumps(str(gate))}}}" if name == "hangs" else "{gate: ''}"
+        (folder / "config.yaml").write_text(
+            f"name: {name}\nreplicates: {replicates}\ntimeout: 3\ndatasource:\n"
+            f"  numbers: numbers\nsteps:\n  - maybe_hang: {gated}\n")
+        (folder / "datasources.py").write_text(
+            "from crystallize import data_source\n\n"
+            "@data_source\ndef numbers(ctx):\n    return [1]\n")
+        steps = SLOW_STEPS if name == "hangs" else SLOW_STEPS.replace("== 1", "== -1")
+        (folder / "steps.py").write_text(steps)
+    try:
+        results = ExperimentGraph.from_yaml(root).run(
+            executor=DaskExecutor(address=cluster.address))
+    finally:
+        (gate / "go").touch()  # the hung unit's worker thread ends, for the tests after this
+    hangs = results["hangs"]
+    assert set(hangs.errors) == {"baseline_rep_1"}, {k: repr(e) for k, e in hangs.errors.items()}
+    error = hangs.errors["baseline_rep_1"]
+    assert isinstance(error, TimeoutError)
+    assert all(part in str(error) for part in ("'hangs'", "replicate 1", "timeout of 3 s"))
+    assert len(hangs.metrics.baseline.metrics["pid"]) == 5
+    calm = results["calm"]
+    assert calm.errors == {} and len(calm.metrics.baseline.metrics["pid"]) == 4
+    assert unit_pids(results).isdisjoint({os.getpid()})
