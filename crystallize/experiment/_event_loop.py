@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 
@@ -18,16 +19,14 @@ def refuse_inside_event_loop() -> None:
 def _running_event_loop() -> str | None:
     """The event loop library running in this thread, if any.
 
-    A running loop has always imported its library, so looking it up in ``sys.modules``
-    answers without importing asyncio or trio (or sniffio, which anyio no longer brings).
+    A trio run has always imported trio, so looking it up in ``sys.modules`` answers without
+    importing it (or sniffio, which anyio no longer brings).
     """
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is not None:
-        try:
-            asyncio.get_running_loop()
-            return "asyncio"
-        except RuntimeError:
-            pass
+    try:
+        asyncio.get_running_loop()
+        return "asyncio"
+    except RuntimeError:
+        pass
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_run():
         return "trio"

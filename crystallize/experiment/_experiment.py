@@ -6,6 +6,7 @@ Both live in one module because each needs the other: a graph holds experiments,
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import graphlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -517,8 +518,6 @@ class ExperimentGraph:
         results = scheduler.settle()  # a resume where nothing changed needs no event loop
         if results is not None:
             return results
-        import asyncio  # here: a program that only resumes never needs it
-
         try:
             return anyio.run(scheduler.run)
         except asyncio.CancelledError:
