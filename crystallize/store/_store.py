@@ -76,16 +76,18 @@ METADATA = "metadata.json"
 MARKER = ".crystallize_complete"
 DOOMED = ".doomed"
 _VERSION = re.compile(r"^v(\d+)$")
-# Names the store gives files and folders next to experiments' and conditions' folders.
+# Names the store writes itself, in this layout or older ones (whose versions it still reads),
+# which an experiment or a condition may not take.
 _STORE_NAME = re.compile(r"^(metadata\.json|results\.json|replicate_\d+)$")
 
 
 def path_name_problem(name: str, *, beside_store_files: bool = True) -> str | None:
-    """Why ``name`` (of an experiment or a condition) cannot be a folder of the store, or None.
+    """Why ``name`` (of an experiment or a condition) cannot be part of a path of the store,
+    or None.
 
     Checked when the name is given, so that a bad one fails before any unit runs, not when the
-    run is published and its work would be lost. A step folder or an artifact file lives where
-    the store writes nothing of its own: ``beside_store_files=False`` allows the store's names.
+    run is published and its work would be lost. Step and artifact names only ever appear
+    inside a unit's file name: ``beside_store_files=False`` allows the store's names.
     """
     if "\0" in name:
         return "contains a NUL character"
@@ -101,16 +103,16 @@ def path_name_problem(name: str, *, beside_store_files: bool = True) -> str | No
 
 
 def check_name(kind: str, name: Any, where: str) -> str:
-    """``name`` (of a step or an artifact, which become a folder and a file of each unit's
-    artifacts) if it is safe as one, else :class:`InvalidNameError` saying why.
+    """``name`` (of a step or an artifact, which become part of each unit's artifact file
+    name) if it is safe as one, else :class:`InvalidNameError` saying why.
 
     A separator or ``..`` in it would write outside ``data/``.
     """
     problem = ("must be a non-empty string" if not isinstance(name, str) or not name.strip()
                else path_name_problem(name, beside_store_files=False))
     if problem is not None:
-        raise InvalidNameError(f"{where}: {kind} name {name!r} {problem}; it becomes a folder "
-                               "or file name in the store. Rename it")
+        raise InvalidNameError(f"{where}: {kind} name {name!r} {problem}; it becomes part "
+                               "of a file name in the store. Rename it")
     return name
 
 
