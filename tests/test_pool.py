@@ -3,14 +3,24 @@ whenever that worker no longer holds it; the round trip works on both event loop
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import signal
+import time
 from pathlib import Path
 
 import anyio
 import cloudpickle
 import pytest
 
-from crystallize import Experiment, ProcessExecutor, data_source, pipeline_step
+from crystallize import (
+    Experiment,
+    ExperimentFailedError,
+    ProcessExecutor,
+    data_source,
+    pipeline_step,
+)
 from crystallize.running import _pool, _worker
 from crystallize.running._unit import UnitTask
 from crystallize.running._worker import unpack_outcome
@@ -85,3 +95,47 @@ def test_an_experiment_and_outcomes_larger_than_a_socket_buffer_travel_whole() -
     metrics = result.metrics.baseline.metrics
     assert metrics["size"] == [len(ballast)] * 3 and metrics["tail"] == [b"\xfd\xfe\xff"] * 3
     assert metrics["back"] == [ballast[:300_000]] * 3
+
+
+@data_source
+def two(ctx):
+    return 2
+
+
+def _square(x):
+    return x * x
+
+
+@pipeline_step()
+def in_a_pool_of_its_own(data, ctx):
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        return data, {"squared": pool.apply(_square, (data + ctx["replicate"],))}
+
+
+def test_a_step_can_start_worker_processes_of_its_own() -> None:
+    result = Experiment(two(), [in_a_pool_of_its_own()], name="nested", replicates=2).run(
+        executor=ProcessExecutor(max_workers=2))
+    assert result.metrics.baseline.metrics["squared"] == [4, 9]
+
+
+@pipeline_step()
+def die_leaving_a_child(data, ctx):
+    child = os.fork()
+    if child == 0:  # holds on to everything it inherited until the test ends it
+        time.sleep(120)
+        os._exit(0)
+    Path(f"child-{child}").touch()
+    os._exit(3)  # the OOM killer taking the worker, but not its children
+
+
+def test_a_worker_that_dies_leaving_a_child_behind_fails_only_its_unit(tmp_path: Path) -> None:
+    try:
+        with pytest.raises(ExperimentFailedError) as failed:
+            Experiment(two(), [die_leaving_a_child()], name="orphans", replicates=1).run(
+                executor=ProcessExecutor(max_workers=1))
+        result = failed.value.results["orphans"]
+        assert "worker process died" in str(result.errors["baseline_rep_0"])
+    finally:
+        for mark in tmp_path.glob("child-*"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(mark.name.split("-")[1]), signal.SIGKILL)

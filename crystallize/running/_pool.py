@@ -72,6 +72,10 @@ def _serve(sock: socket.socket, parent: int) -> None:
     exit_with_parent(parent)
     for inherited in list(_PARENT_ENDS):
         inherited.close()
+    if hasattr(os, "register_at_fork"):
+        # A process a step forks must not hold this socket: if this worker died (the OOM
+        # killer) while such a child lived on, the parent would never see the socket close.
+        os.register_at_fork(after_in_child=sock.close)
     try:
         while (request := _read(sock)) is not None:
             key, blob, tasks = pickle.loads(request)
@@ -104,6 +108,17 @@ def _read_exactly(sock: socket.socket, size: int) -> bytearray | None:
     return data
 
 
+def _ended(process: Any, seconds: float) -> int | None:
+    """The exit code of ``process`` once it has ended, waiting up to ``seconds``; None if it
+    still runs. Polled, not joined: ``join`` with a timeout waits for a pipe that a child the
+    worker left behind may hold open."""
+    deadline = time.monotonic() + seconds
+    while process.exitcode is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    code: int | None = process.exitcode
+    return code
+
+
 class _Worker:
     """One worker process and the parent's non-blocking end of its socket."""
 
@@ -112,8 +127,7 @@ class _Worker:
         _PARENT_ENDS.add(ours)
         try:
             self.process = context.Process(
-                target=_serve, args=(theirs, os.getpid()), name="crystallize-worker",
-                daemon=True)
+                target=_serve, args=(theirs, os.getpid()), name="crystallize-worker")
             self.process.start()
         except BaseException:
             ours.close()
@@ -171,12 +185,10 @@ class _Worker:
 
     async def _epitaph(self) -> str:
         """What became of a worker that hung up."""
-        process = self.process
-        await anyio.to_thread.run_sync(process.join, 5.0)
-        code = process.exitcode
+        code = await anyio.to_thread.run_sync(_ended, self.process, 1.0)
         how = ("is still running but closed its connection" if code is None
                else f"was killed by signal {-code}" if code < 0 else f"exited with code {code}")
-        return f"the worker process (pid {process.pid}) {how} while running this unit"
+        return f"the worker process (pid {self.process.pid}) {how} while running this unit"
 
     def stop(self, *, now: bool) -> None:
         """Hang up (an idle worker then exits on its own); ``now``: terminate it as well."""
@@ -243,8 +255,7 @@ class WorkerPool:
 
         def join() -> None:
             for worker in workers:
-                worker.process.join(5.0)
-                if worker.process.exitcode is None:
+                if _ended(worker.process, 5.0) is None:
                     worker.process.kill()
                     worker.process.join()
 
