@@ -340,15 +340,25 @@ def start_trip(
     async def trip() -> tuple[str, list[bytes] | str]:
         fut = client.submit(run_units_on_worker, *args, key=key, workers=workers or None,
                             allow_other_workers=bool(workers))
+        # Never cancelled itself: a gather cancelled midway leaves tasks of Dask's behind that
+        # fail unread (logged as "Task exception was never retrieved"). When the trip is given
+        # up (a timeout, a stopped run) the release below ends it, and its error is dropped.
+        fetch = asyncio.ensure_future(client.gather(fut, asynchronous=True))
+        fetch.add_done_callback(_drop_outcome)
         try:
-            return await client.gather(fut, asynchronous=True)
+            return await asyncio.shield(fetch)
         finally:
             # At once rather than when the future object is collected: the cluster forgets
-            # the result, and a cancelled trip's task is dropped.
+            # the result, and a given-up trip's task is dropped.
             fut.release()
 
     loop: Any = client.loop  # tornado's IOLoop over asyncio, in Dask's own thread
     return asyncio.run_coroutine_threadsafe(trip(), loop.asyncio_loop)
+
+
+def _drop_outcome(fetch: asyncio.Future[Any]) -> None:
+    if not fetch.cancelled():
+        fetch.exception()  # read, so that asyncio does not report it as never retrieved
 
 
 def send_promptly(client: Client) -> Callable[[], None]:
