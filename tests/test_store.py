@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -227,3 +228,43 @@ def test_step_cache_computes_once_across_workers_and_runs(tmp_path):
     third = exp.run(executor="inline")
     assert sorted(log.read_text().split()) == ["baseline", "x2"]
     assert third.metrics.baseline.metrics["total"] == [6] * 4
+
+
+def test_a_lease_book_is_claimed_and_released_from_several_threads_at_once(tmp_path):
+    # One experiment's version is allocated (claim) in a worker thread while another's publish
+    # releases what it replaced and prunes (live_claims) in another: neither may see the set
+    # of claims change under it (W5 with 2,000 nodes failed on "Set changed size").
+    from crystallize.store import LeaseBook
+
+    book = LeaseBook(tmp_path)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def claim() -> None:
+        try:
+            for n in range(20_000):
+                book.claim(f"e{n % 50}", n)
+        finally:
+            done.set()
+
+    def release() -> None:
+        try:
+            while not done.is_set():
+                book.release_replaced("e0", 0)
+                LeaseBook.live_claims(tmp_path)
+        except BaseException as exc:
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        threads = [threading.Thread(target=claim), threading.Thread(target=release)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+        book.close()
+    assert errors == []
+    assert "e49/v19999" in book.claims  # nothing claimed was lost

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -81,6 +82,9 @@ class LeaseBook:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.claims: set[str] = set()
+        # Claimed and released from the store's worker threads and the event loop at once
+        # (one experiment allocating while another publishes).
+        self._mutex = threading.Lock()
         self.warning: str | None = None
         self._fd: int | None = None
         folder = root / ".leases"
@@ -110,10 +114,11 @@ class LeaseBook:
 
     def claim(self, experiment: str, number: int) -> None:
         key = f"{experiment}/v{number}"
-        if key not in self.claims:
-            if self._fd is not None:
-                os.write(self._fd, f"{key}\n".encode())
-            self.claims.add(key)
+        with self._mutex:
+            if key not in self.claims:
+                if self._fd is not None:
+                    os.write(self._fd, f"{key}\n".encode())
+                self.claims.add(key)
 
     def release_replaced(self, experiment: str, current: int) -> None:
         """Stop protecting the experiment's other versions from this process's own pruning:
@@ -121,8 +126,14 @@ class LeaseBook:
 
         Other processes still see the lines until the run ends: erring on the side of keeping.
         """
-        self.claims = {c for c in self.claims
-                       if c == f"{experiment}/v{current}" or not c.startswith(f"{experiment}/v")}
+        with self._mutex:
+            self.claims = {c for c in self.claims if c == f"{experiment}/v{current}"
+                           or not c.startswith(f"{experiment}/v")}
+
+    def snapshot(self) -> set[str]:
+        """The versions this run claims now (a copy: others may be claimed meanwhile)."""
+        with self._mutex:
+            return set(self.claims)
 
     def _drop_lock(self) -> None:
         # Unlinked while still held, so no other process can be holding the file we delete.
@@ -143,7 +154,7 @@ class LeaseBook:
     def live_claims(cls, root: Path) -> set[str]:
         """Every version claimed by a live run on ``root``, this process's included."""
         ours = cls._open.get(root, [])
-        claims: set[str] = set().union(*(b.claims for b in ours)) if ours else set()
+        claims: set[str] = set().union(*(b.snapshot() for b in ours)) if ours else set()
         own = {b.path for b in ours}
         folder = root / ".leases"
         linked = folder.is_symlink()  # read the claims, but delete nothing through the link
