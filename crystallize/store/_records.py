@@ -21,11 +21,12 @@ import hashlib
 import io
 import json
 import math
+import os
 import pickle
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import CorruptRecordError, UnstorableValueError
@@ -37,6 +38,7 @@ _UNIT_STATES: tuple[UnitState, ...] = ("complete", "failed", "never ran")
 
 #: Key of a tagged JSON object (a value JSON has no type for).
 TAG = "__crystallize__"
+_TAG_BYTES = TAG.encode()
 
 
 def content_hash(data: bytes) -> str:
@@ -54,7 +56,8 @@ class FileRecord:
 
     def __post_init__(self) -> None:
         # Records are read from disk: a path that leaves the version must not be followed.
-        parts = PurePosixPath(self.path).parts
+        # (PurePosixPath's parts, without its cost: this runs for every file of every unit.)
+        parts = [p for p in self.path.split("/") if p not in ("", ".")]
         if not parts or self.path.startswith("/") or ".." in parts or "\0" in self.path:
             raise ValueError(f"file path {self.path!r} is not inside the version")
 
@@ -65,7 +68,7 @@ class FileRecord:
     def problem(self, version_dir: Path) -> str | None:
         """Why the file under ``version_dir`` is not the one recorded (missing, other size)."""
         try:
-            size = (version_dir / self.path).stat().st_size
+            size = os.stat(os.path.join(version_dir, self.path)).st_size
         except OSError:
             return f"{self.path} is missing"
         if size != self.size:
@@ -200,6 +203,10 @@ def _import_numpy() -> Any:
 
 def decode_json(data: bytes) -> Any:
     """Parse a record's JSON, rebuilding tagged values; raises ValueError on anything odd."""
+    if b"\0" not in data[:4] and _TAG_BYTES not in data and b"\\u" not in data:
+        # UTF-8 (json reads UTF-16 and 32 too) without a tag, not even spelt with escapes: the
+        # hook would change nothing, and calling it for every object doubles the parsing time.
+        return json.loads(data)
     try:
         return json.loads(data, object_hook=_tagged)
     except (KeyError, TypeError, AttributeError, ImportError) as exc:
@@ -298,6 +305,31 @@ class _Reader:
             return FileRecord(sub.get("path", str), sub.get("size", int), sub.get("blake2b", str))
         except ValueError as exc:
             return self.fail(self.key(name), str(exc))
+
+
+# A resume reads every unit of every version it reuses: these take well-formed entries as they
+# are; for anything else they return None, and _Reader checks it key by key and says what is wrong.
+def _file_record(entry: Any) -> FileRecord | None:
+    if type(entry) is dict:
+        path, size, digest = entry.get("path"), entry.get("size"), entry.get("blake2b")
+        if type(path) is str and type(size) is int and type(digest) is str:
+            try:
+                return FileRecord(path, size, digest)
+            except ValueError:
+                return None
+    return None
+
+
+def _unit_timing(entry: Any) -> UnitTiming | None:
+    if type(entry) is dict:
+        worker, attempts, retried = entry.get("worker"), entry.get("attempts"), entry.get("retried")
+        started: Any = entry.get("started")
+        finished: Any = entry.get("finished")
+        if (type(worker) is str and type(started) in (int, float)
+                and type(finished) in (int, float) and type(attempts) is int and attempts >= 1
+                and type(retried) is list and all(type(e) is str for e in retried)):
+            return UnitTiming(worker, float(started), float(finished), attempts, tuple(retried))
+    return None
 
 
 def _kind(value: Any) -> str:
@@ -434,24 +466,30 @@ class ConditionRecord:
                 r.fail(r.key(key), f"expected {n} entries (one per replicate), got {len(column)}")
         if any(s not in _UNIT_STATES for s in states):
             r.fail(r.key("states"), f"expected entries from {list(_UNIT_STATES)}, got {states}")
+        # Each column is checked once, then cut into the replicates' units.
+        values_of: dict[str, tuple[list[Any], list[Any]]] = {}
+        for name in metrics.obj:
+            column, flags = metrics.get(name, list), recorded.get(name, list)
+            if len(column) != n or len(flags) != n:
+                r.fail(r.key(f"metrics.{name}"), f"expected {n} entries (one per replicate)")
+            values_of[name] = column, flags
+        files_of: dict[str, list[FileRecord | None]] = {}
+        for name in files.obj:
+            column = files.get(name, list)
+            if len(column) != n:
+                r.fail(r.key(f"files.{name}"), f"expected {n} entries (one per replicate)")
+            files_of[name] = [
+                None if entry is None else _file_record(entry) or _Reader(
+                    path, entry, r.key(f"files.{name}[{rep}]")).file("")
+                for rep, entry in enumerate(column)]
         units = []
         for rep in range(n):
-            values = {}
-            for name in metrics.obj:
-                column, flags = metrics.get(name, list), recorded.get(name, list)
-                if len(column) != n or len(flags) != n:
-                    r.fail(r.key(f"metrics.{name}"), f"expected {n} entries (one per replicate)")
-                if flags[rep]:
-                    values[name] = column[rep]
-            arts = {}
-            for name in files.obj:
-                column = files.get(name, list)
-                if len(column) != n:
-                    r.fail(r.key(f"files.{name}"), f"expected {n} entries (one per replicate)")
-                if column[rep] is not None:
-                    arts[name] = _Reader(path, column[rep], r.key(f"files.{name}[{rep}]")).file("")
-            timing = None if timings[rep] is None else UnitTiming.read(
-                _Reader(path, timings[rep], r.key(f"timings[{rep}]")))
+            values = {name: column[rep] for name, (column, flags) in values_of.items()
+                      if flags[rep]}
+            arts = {name: file for name, column in files_of.items()
+                    if (file := column[rep]) is not None}
+            timing = None if timings[rep] is None else _unit_timing(timings[rep]) or (
+                UnitTiming.read(_Reader(path, timings[rep], r.key(f"timings[{rep}]"))))
             units.append(UnitRecord(rep, states[rep], seeds[rep], values, arts,
                                     errors.get(str(rep)), timing, tracebacks.get(str(rep)),
                                     reads_of(r, r.key(f"reads[{rep}]"), reads[rep])))
@@ -478,6 +516,8 @@ class ConditionRecord:
 
     def with_values(self, version_dir: Path) -> ConditionRecord:
         """This record with its side-file values loaded (see :func:`load_value`)."""
+        if not self.side_files():  # the usual case: every value was JSON, nothing to load
+            return self
         units = tuple(
             replace(u, metrics={n: load_value(v, version_dir) for n, v in u.metrics.items()})
             for u in self.units

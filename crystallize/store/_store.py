@@ -339,25 +339,27 @@ class ExperimentStore:
         abandoned); :class:`CorruptRecordError` if its metadata is not what a run writes or
         its marker does not vouch for it (:class:`OlderLayoutError` for an older layout)."""
         path = self.dir / f"v{number}"
+        metadata_path = path / METADATA
         try:
-            data = (path / METADATA).read_bytes()
+            data = metadata_path.read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise CorruptRecordError(f"{path / METADATA}: cannot be read ({exc})",
-                                     path=path / METADATA) from None
-        metadata = VersionMetadata.from_json(path / METADATA, data)
+            raise CorruptRecordError(f"{metadata_path}: cannot be read ({exc})",
+                                     path=metadata_path) from None
+        metadata = VersionMetadata.from_json(metadata_path, data)
         if metadata.status != "failed":
             try:
-                seal = (path / MARKER).read_bytes()
+                with open(os.path.join(path, MARKER), "rb") as marker:
+                    seal = marker.read()
             except OSError:
                 raise CorruptRecordError(
                     f"{path / MARKER}: completion marker missing (the run stopped while "
                     "publishing, or it was removed); not trusted", path=path / MARKER) from None
             if seal.decode(errors="replace") != content_hash(data):
                 raise CorruptRecordError(
-                    f"{path / METADATA}: changed since the run wrote it (it does not match the "
-                    f"hash in {MARKER}); not trusted", path=path / METADATA)
+                    f"{metadata_path}: changed since the run wrote it (it does not match the "
+                    f"hash in {MARKER}); not trusted", path=metadata_path)
         return StoredVersion(number, path, metadata)
 
     def _status(self, number: int) -> VersionStatus | None:
@@ -439,9 +441,10 @@ class ExperimentStore:
         a pruner that died means nothing (``status`` ignores it too, so the two agree).
         """
         book.claim(self.name, version.number)
-        if (version.path / DOOMED).exists() and held_by_someone(self.dir / ".lock"):
+        if os.path.exists(os.path.join(version.path, DOOMED)) and held_by_someone(
+                self.dir / ".lock"):
             return False
-        return (version.path / METADATA).exists()
+        return os.path.exists(os.path.join(version.path, METADATA))
 
     def _link_note(self, path: Path) -> str:
         return (f"skipped {path}: a symbolic link (crystallize never deletes through a link; "
