@@ -1,6 +1,7 @@
-"""Reading a version's records the way a resume does (issue 12): the shortcuts taken for
-well-formed records (no tag, no escape; entries of the expected types) give exactly what the
-careful reading gives, and anything else still reaches the careful reading and its messages."""
+"""What a resume reads (issue 12): the shortcuts taken for well-formed records (no tag, no
+escape; entries of the expected types) give exactly what the careful reading gives, anything
+else still reaches the careful reading and its messages, and a producer's result is turned into
+the view its consumers check once per run, not once per consumer."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-from test_store_safety import calls, experiment
+from test_store_safety import calls, experiment, numbers
 
+from crystallize import Artifact, Experiment, ExperimentGraph, ExperimentInput, pipeline_step
 from crystallize.errors import CorruptRecordError
+from crystallize.running import _node
 from crystallize.store import ExperimentStore
 from crystallize.store._metadata import VersionMetadata
 from crystallize.store._records import TAG, decode_json
@@ -88,3 +91,37 @@ def test_odd_but_valid_unit_entries_read_as_before():
         "baseline"].record.units[2]
     assert unit.timing is not None and (unit.timing.started, unit.timing.finished) == (1.0, 3.0)
     assert unit.artifacts["out.json"].path == entry["path"]
+
+
+@pipeline_step()
+def emit(data, ctx, out: Artifact):
+    out.write(b"x")
+    return data
+
+
+def fan(count: int) -> ExperimentGraph:
+    root_out = Artifact("root.bin")
+    root = Experiment(numbers(), [emit(out=root_out)], name="root", outputs=[root_out],
+                      strategy="resume")
+    leaves = []
+    for i in range(count):
+        out = Artifact(f"leaf{i}.bin")
+        leaves.append(Experiment(ExperimentInput(r=root_out), [emit(out=out)], name=f"leaf{i}",
+                                 outputs=[out], strategy="resume"))
+    return ExperimentGraph(root, *leaves)
+
+
+def test_a_producer_is_viewed_once_per_run_however_many_consumers_read_it(monkeypatch):
+    first = fan(4).run(executor="inline")
+    viewed: list[str] = []
+    real = _node.upstream_view
+
+    def counting(result):
+        viewed.append(result.experiment)
+        return real(result)
+
+    monkeypatch.setattr(_node, "upstream_view", counting)
+    again = fan(4).run(executor="inline")
+    assert viewed == ["root"]
+    assert all(not r.executed for r in again.values())
+    assert {n: r.version for n, r in again.items()} == {n: r.version for n, r in first.items()}

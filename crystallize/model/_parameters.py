@@ -247,10 +247,14 @@ class Parametrised:
 
     def fingerprint_parts(self) -> dict[str, str]:
         """Code and explicit parameters; artifacts count by name, not identity."""
+        return {"code": code_fingerprint(self.fn), "params": self.params_fingerprint()}
+
+    def params_fingerprint(self) -> str:
+        """The ``params`` of :meth:`fingerprint_parts` alone (a resume has the code's already)."""
         params = {
             k: (f"Artifact({v.name})" if is_artifact(v) else v)
             for k, v in sorted(self.params.items())
         }
-        return {"code": code_fingerprint(self.fn), "params": value_fingerprint(params)}
+        return value_fingerprint(params)
 
 

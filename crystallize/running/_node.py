@@ -10,7 +10,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -212,6 +212,8 @@ class NodeInputs:
     run_id: str = ""
     #: with ``fail_fast``, ends the whole run when a unit fails: (experiment, unit, error)
     stop: Callable[[Experiment, str, str], None] | None = None
+    #: the graph run's views of its results, by producer, shared by all their consumers
+    views: dict[str, tuple[Result, UpstreamView]] = field(default_factory=dict)
 
 
 class ExperimentRun:
@@ -240,7 +242,13 @@ class ExperimentRun:
                 result = self._load_external(producer, art.producer_root)
                 if result is None:
                     continue  # fetch() will report the missing run with the path
-            views[producer] = upstream_view(result)
+                views[producer] = upstream_view(result)
+                continue
+            shared = self.inputs.views.get(producer)
+            if shared is None or shared[0] is not result:
+                # A producer with many consumers (a fan-out) is viewed once, not once each.
+                shared = self.inputs.views[producer] = (result, upstream_view(result))
+            views[producer] = shared[1]
         return views
 
     def _load_external(self, producer: str, root: Path | None) -> Result | None:

@@ -55,7 +55,7 @@ def experiment_fingerprint(exp: Experiment) -> dict[str, Any]:
         steps.append({
             "name": step.name,
             "code": _safe(code_fingerprint, step.fn),
-            "params": _safe(lambda s: s.fingerprint_parts()["params"], step),
+            "params": _safe(step.params_fingerprint),
             "functions": helpers if isinstance(helpers, dict) else {},
         })
     outputs = {
@@ -207,8 +207,7 @@ def _check(source: Source, treatment: str, condition: str, replicate: int,
     change = _upstream_change(unit, condition, replicate, upstreams)
     if change is not None:
         return change
-    # Its value files are those a record of it alone would list.
-    files = [*unit.artifacts.values(), *ConditionRecord("", (unit,)).side_files()]
+    files = [*unit.artifacts.values(), *unit.side_files()]
     problems = [p for f in files if (p := f.problem(source.path)) is not None]
     if problems:
         return f"artifact file(s) missing or changed: {problems[:3]}"

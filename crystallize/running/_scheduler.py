@@ -39,7 +39,7 @@ from ._configure import configure
 from ._executors import Executor, ThreadExecutor, UnitJob, resolve_executor
 from ._node import ExperimentRun, ExperimentRunFailed, NodeInputs
 from ._preflight import check_treatment_keys, global_rng_warnings
-from ._unit import UnitOutcome
+from ._unit import UnitOutcome, UpstreamView
 
 if TYPE_CHECKING:
     from ..experiment import Experiment, ExperimentGraph
@@ -128,6 +128,7 @@ class Scheduler:
         self.stopped: str | None = None
         self._roots: list[Path] | None = None  # every store root of the run, once started
         self._rng_warnings: dict[str, str] = {}
+        self._views: dict[str, tuple[Result, UpstreamView]] = {}
 
     # -- priorities -------------------------------------------------------------------------
     def _rank_nodes(self) -> None:
@@ -265,7 +266,7 @@ class Scheduler:
             upstream_results={p: self.results[p] for p in self.graph.upstream(name)},
             book=self.book, executor=self.executor, emit=self.emit, submit=self.submit,
             discard=self.discard, run_id=self.run_id,
-            stop=self.stop if self.options.fail_fast else None,
+            stop=self.stop if self.options.fail_fast else None, views=self._views,
         )
         return ExperimentRun(inputs, exp, self._resolved.get(exp.store_plugin.root_dir))
 

@@ -384,6 +384,24 @@ class UnitRecord:
     #: the upstream artifacts it read, by content (None where not recorded: never reused)
     reads: Reads | None = None
 
+    def side_files(self) -> list[FileRecord]:
+        """The side files its values live in."""
+        found: list[FileRecord] = []
+
+        def walk(value: Any) -> None:
+            if isinstance(value, StoredValue):
+                found.append(value.file)
+            elif isinstance(value, (list, tuple, set, frozenset)):
+                for v in value:
+                    walk(v)
+            elif isinstance(value, dict):
+                for v in value.values():
+                    walk(v)
+
+        for value in self.metrics.values():
+            walk(value)
+        return found
+
 
 @dataclass(frozen=True)
 class ConditionRecord:
@@ -497,22 +515,7 @@ class ConditionRecord:
 
     def side_files(self) -> list[FileRecord]:
         """The side files its values live in."""
-        found: list[FileRecord] = []
-
-        def walk(value: Any) -> None:
-            if isinstance(value, StoredValue):
-                found.append(value.file)
-            elif isinstance(value, (list, tuple, set, frozenset)):
-                for v in value:
-                    walk(v)
-            elif isinstance(value, dict):
-                for v in value.values():
-                    walk(v)
-
-        for unit in self.units:
-            for value in unit.metrics.values():
-                walk(value)
-        return found
+        return [file for unit in self.units for file in unit.side_files()]
 
     def with_values(self, version_dir: Path) -> ConditionRecord:
         """This record with its side-file values loaded (see :func:`load_value`)."""
