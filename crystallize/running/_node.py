@@ -337,9 +337,7 @@ class ExperimentRun:
         source = plan.source.stored
         records = {}
         for c in self.exp.conditions:
-            record = plan.source.record(c)
-            assert isinstance(record, ConditionRecord)  # every unit of it was checked
-            records[c] = record.with_values(source.path)
+            records[c] = plan.source.record(c).with_values(source.path)
         result = build_result(
             self.exp, source.number, source.path, records, executed=False, errors={},
             provenance=_provenance(source.metadata), reason=plan.reason,

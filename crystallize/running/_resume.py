@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CorruptRecordError
 from ..fingerprint import code_fingerprint, code_fingerprint_parts, combine, value_fingerprint
 from ..model import BASELINE
 from ..store import ConditionRecord, Journal, StoredVersion, UnitRecord
@@ -128,7 +127,6 @@ class Source:
         self.stored = stored
         self.journal = journal
         self.label = f"v{number}" if stored is not None else f"interrupted v{number}"
-        self._records: dict[str, ConditionRecord | str] = {}
 
     @classmethod
     def of_version(cls, stored: StoredVersion) -> Source:
@@ -145,15 +143,10 @@ class Source:
                    treatments=_dict(header.get("treatments")),
                    upstreams=_dict(header.get("upstreams")), journal=journal)
 
-    def record(self, condition: str) -> ConditionRecord | str:
-        """The condition's stored record, or why it cannot be used (only for a version)."""
-        if condition not in self._records:
-            assert self.stored is not None
-            try:
-                self._records[condition] = self.stored.condition_record(condition)
-            except CorruptRecordError as exc:
-                self._records[condition] = str(exc)
-        return self._records[condition]
+    def record(self, condition: str) -> ConditionRecord:
+        """The condition's stored record (only for a version)."""
+        assert self.stored is not None
+        return self.stored.condition_record(condition)
 
     def unit(self, condition: str, replicate: int) -> UnitRecord | str | None:
         """The finished unit, or why there is none (None: a journal without it, which says
@@ -161,8 +154,6 @@ class Source:
         if self.journal is not None:
             return self.journal.units.get(condition, {}).get(replicate)
         record = self.record(condition)
-        if isinstance(record, str):
-            return record
         if replicate >= record.replicates:
             return "new replicate"
         unit = record.units[replicate]
@@ -295,9 +286,8 @@ class Plan:
         """The warnings of the stored records that ``condition``'s reused units come from."""
         found: list[str] = []
         for source in dict.fromkeys(s for (c, _), (s, _) in self.reuse.items() if c == condition):
-            record = source.record(condition) if source.stored is not None else None
-            if isinstance(record, ConditionRecord):
-                found += record.warnings
+            if source.stored is not None:
+                found += source.record(condition).warnings
         return found
 
     def _run(self, unit: Unit, why: str) -> None:
