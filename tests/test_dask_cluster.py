@@ -407,6 +407,18 @@ def test_a_worker_killed_mid_run_is_replaced_and_reported(cluster: Cluster, tmp_
     assert victim not in unit_pids(results)
 
 
+def _one_step_folder(folder: Path, settings: str, step: str, steps_py: str) -> None:
+    """A folder experiment named after ``folder``: one datasource of ``[1]``, one step."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(
+        f"name: {folder.name}\n{settings}datasource:\n  numbers: numbers\n"
+        f"steps:\n  - {step}\n")
+    (folder / "datasources.py").write_text(
+        "from crystallize import data_source\n\n"
+        "@data_source\ndef numbers(ctx):\n    return [1]\n")
+    (folder / "steps.py").write_text(steps_py)
+
+
 KILLER_STEPS = '''
 import os
 from crystallize import pipeline_step
@@ -422,16 +434,8 @@ def maybe_die(data, ctx):
 def test_a_unit_that_kills_its_worker_fails_alone(cluster: Cluster, tmp_path: Path) -> None:
     root = tmp_path / "graph"
     for name, replicates in (("killer", 6), ("calm", 4)):
-        folder = root / name
-        folder.mkdir(parents=True)
-        (folder / "config.yaml").write_text(
-            f"name: {name}\nreplicates: {replicates}\ndatasource:\n  numbers: numbers\n"
-            f"steps:\n  - maybe_die\n")
-        (folder / "datasources.py").write_text(
-            "from crystallize import data_source\n\n"
-            "@data_source\ndef numbers(ctx):\n    return [1]\n")
         steps = KILLER_STEPS if name == "killer" else KILLER_STEPS.replace("== 2", "== -1")
-        (folder / "steps.py").write_text(steps)
+        _one_step_folder(root / name, f"replicates: {replicates}\n", "maybe_die", steps)
     results = ExperimentGraph.from_yaml(root).run(executor=DaskExecutor(address=cluster.address))
     killer = results["killer"]
     assert set(killer.errors) == {"baseline_rep_2"}, {k: repr(e) for k, e in killer.errors.items()}
@@ -490,17 +494,10 @@ def test_a_unit_past_its_timeout_fails_named_and_the_others_finish(
     gate.mkdir()
     root = tmp_path / "graph"
     for name, replicates in (("hangs", 6), ("calm", 4)):
-        folder = root / name
-        folder.mkdir(parents=True)
         gated = f"{{gate: {json.dumps(str(gate))}}}" if name == "hangs" else "{gate: ''}"
-        (folder / "config.yaml").write_text(
-            f"name: {name}\nreplicates: {replicates}\ntimeout: 3\ndatasource:\n"
-            f"  numbers: numbers\nsteps:\n  - maybe_hang: {gated}\n")
-        (folder / "datasources.py").write_text(
-            "from crystallize import data_source\n\n"
-            "@data_source\ndef numbers(ctx):\n    return [1]\n")
         steps = SLOW_STEPS if name == "hangs" else SLOW_STEPS.replace("== 1", "== -1")
-        (folder / "steps.py").write_text(steps)
+        _one_step_folder(root / name, f"replicates: {replicates}\ntimeout: 3\n",
+                         f"maybe_hang: {gated}", steps)
     try:
         results = ExperimentGraph.from_yaml(root).run(
             executor=DaskExecutor(address=cluster.address))
