@@ -139,3 +139,20 @@ def test_a_worker_that_dies_leaving_a_child_behind_fails_only_its_unit(tmp_path:
         for mark in tmp_path.glob("child-*"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(mark.name.split("-")[1]), signal.SIGKILL)
+
+
+@pipeline_step()
+def where(data, ctx):
+    return data, {"pid": os.getpid()}
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_workers_started_by_spawn_or_a_forkserver_run_units(method: str) -> None:
+    # A forkserver, not this process, is the parent of the workers it starts: a worker must
+    # not take that for the death of the process that asked for it.
+    exp = Experiment(nothing(), [where()], name=f"started_by_{method}", replicates=2)
+    executor = ProcessExecutor(2, multiprocessing.get_context(method))
+    result = exp.run(executor=executor, strategy="rerun")
+    assert result.errors == {}
+    pids = result.metrics.baseline.metrics["pid"]
+    assert len(pids) == 2 and os.getpid() not in pids

@@ -45,12 +45,25 @@ class WorkerDied(Exception):
     """A worker process ended before it replied."""
 
 
+def _alive(starter: int) -> bool:
+    """Whether the process that started this worker still runs. Asked of the starter itself:
+    with a forkserver, the worker's parent is the server, not the starter."""
+    if sys.platform == "win32":  # pragma: no cover - there os.kill would terminate it
+        return os.getppid() == starter
+    try:
+        os.kill(starter, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def exit_with_parent(parent: int) -> None:
     """End this worker as soon as the process that started it dies.
 
     Without it, workers of a SIGKILLed parent would run their unit to the end and then wait for
     work forever. On Linux the kernel delivers SIGKILL on the parent's death (no thread in the
-    worker, so steps can still fork); elsewhere a daemon thread polls the parent.
+    worker, so steps can still fork; a forkserver, the parent then, ends with the starter);
+    elsewhere a daemon thread polls the starter.
     """
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -58,12 +71,12 @@ def exit_with_parent(parent: int) -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
     else:  # pragma: no cover - macOS, Windows
         def watch() -> None:
-            while os.getppid() == parent:
+            while _alive(parent):
                 time.sleep(0.25)
             os._exit(1)
 
         threading.Thread(target=watch, name="crystallize-parent-watch", daemon=True).start()
-    if os.getppid() != parent:  # it died before the signal was armed
+    if not _alive(parent):  # it died before the signal was armed
         os._exit(1)
 
 
