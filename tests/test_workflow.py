@@ -234,14 +234,16 @@ def test_tb_shows_worker_tracebacks_of_failed_units(dag: Path) -> None:
     cwd = dag.parent
 
     def run(*tb: str) -> str:
-        result = cli("run", "dag", "--executor", "thread", *tb, cwd=cwd)
+        result = cli("run", "dag", "--executor", "process", *tb, cwd=cwd)
         assert result.returncode == 1, result.stdout + result.stderr
         return _failed_units(result.stdout)
 
     first_in_full = run()  # 2 conditions x 3 replicates failed
     assert first_in_full.count("ValueError: boom") == 7  # 6 lines + the traceback's last
     assert first_in_full.count("Traceback") == 1
-    assert "in inspect_summary" in first_in_full  # the step's own frame, from the worker
+    # the step's own frame, from the worker process, with its file and line
+    assert "in inspect_summary" in first_in_full
+    assert re.search(r'consumer[/\\]steps\.py", line \d+, in inspect_summary', first_in_full)
 
     everything = run("--tb", "long")
     assert everything.count("Traceback") == 6 and everything.count("in inspect_summary") == 6
