@@ -28,12 +28,6 @@ def anyio_backend():
     return "asyncio"  # Textual runs on asyncio only
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    shutil.copytree(REPO / "examples" / "dag", tmp_path / "experiments" / "dag")
-    return tmp_path / "experiments"
-
-
 def labels(tree: Tree) -> list[str]:
     def walk(node) -> list[str]:
         return [str(node.label)] + [label for child in node.children for label in walk(child)]

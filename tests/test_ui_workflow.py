@@ -4,20 +4,15 @@ inherited treatments, and checkboxes readable without colour."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from test_ui import open_run_screen, rows
+from test_ui import SIZE, open_run_screen, rows
 from textual.widgets import Static, Tree
 
-import crystallize
 from crystallize.store import ExperimentStore
 from crystallize.ui import CrystallizeApp
-
-REPO = Path(crystallize.__file__).resolve().parents[1]
-SIZE = (160, 50)
 
 pytestmark = pytest.mark.anyio
 
@@ -25,12 +20,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend():
     return "asyncio"  # Textual runs on asyncio only
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    shutil.copytree(REPO / "examples" / "dag", tmp_path / "experiments" / "dag")
-    return tmp_path / "experiments"
 
 
 def _edit(path: Path, old: str, new: str) -> None:
