@@ -258,6 +258,27 @@ def test_truncated_artifact_or_edited_results_are_rerun_with_the_reason():
     assert third.metrics.baseline.metrics["total"] == [6, 6, 6]
 
 
+def test_an_artifact_edited_in_place_to_its_own_size_is_rerun_and_a_touched_one_is_not():
+    first = experiment().run(executor="inline")
+    calls()
+    path = first.artifact_path("out.json", "baseline", 2)
+    text = path.read_text()
+    # Edits come after the run: their time is set, not waited for.
+    later = os.stat(first.version_dir / "metadata.json").st_mtime_ns + 10**9
+    os.utime(path, ns=(later, later))
+    touched = experiment().run(executor="inline", strategy="resume")
+    assert not touched.executed and calls() == []  # same content: its hash matches
+
+    edited = text.replace("6", "7")
+    assert edited != text and len(edited) == len(text)
+    path.write_text(edited)
+    os.utime(path, ns=(later, later))
+    again = experiment().run(executor="inline", strategy="resume")
+    assert again.executed and "out.json was edited after it was stored" in again.reason
+    assert calls() == ["baseline:2"]
+    assert again.artifact_path("out.json", "baseline", 2).read_text() == text
+
+
 def test_a_record_pointing_outside_its_version_is_refused_not_followed():
     from crystallize.store import MARKER, content_hash
 

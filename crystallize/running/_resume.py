@@ -143,6 +143,12 @@ class Source:
                    treatments=_dict(header.get("treatments")),
                    upstreams=_dict(header.get("upstreams")), journal=journal)
 
+    @functools.cached_property
+    def recorded_ns(self) -> int | None:
+        """When this source's record was written: a file of it modified later gets hashed."""
+        held = self.stored if self.stored is not None else self.journal
+        return held.recorded_ns() if held is not None else None
+
     def record(self, condition: str) -> ConditionRecord:
         """The condition's stored record (only for a version)."""
         assert self.stored is not None
@@ -199,7 +205,7 @@ def _check(source: Source, treatment: str, condition: str, replicate: int,
     if change is not None:
         return change
     files = [*unit.artifacts.values(), *unit.side_files()]
-    problems = [p for f in files if (p := f.problem(source.path)) is not None]
+    problems = [p for f in files if (p := f.problem(source.path, source.recorded_ns)) is not None]
     if problems:
         return f"artifact file(s) missing or changed: {problems[:3]}"
     return unit

@@ -18,7 +18,15 @@ from typing import Any
 from ..errors import CorruptRecordError
 from ._metadata import SCHEMA_VERSION
 from ._reads import reads_of
-from ._records import Encoder, UnitRecord, _file_json, _Reader, decode_json, dump_json
+from ._records import (
+    Encoder,
+    UnitRecord,
+    _file_json,
+    _Reader,
+    decode_json,
+    dump_json,
+    modified_ns,
+)
 
 JOURNAL = "units.jsonl"
 
@@ -55,6 +63,10 @@ class Journal:
     header: dict[str, Any]
     #: condition -> replicate -> the finished unit
     units: dict[str, dict[int, UnitRecord]]
+
+    def recorded_ns(self) -> int | None:
+        """When the journal was last appended to (None if it is gone): see FileRecord.problem."""
+        return modified_ns(self.path / JOURNAL)
 
     @classmethod
     def read(cls, number: int, path: Path) -> Journal | None:

@@ -46,6 +46,23 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def modified_ns(path: Path) -> int | None:
+    """The file's modification time in ns; None if it is gone."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def file_hash(path: str) -> str:
+    """:func:`content_hash` of the file at ``path``, read a piece at a time."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as file:
+        while piece := file.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class FileRecord:
     """A file of a version: its path relative to ``vN/``, size in bytes and content hash."""
@@ -65,14 +82,25 @@ class FileRecord:
     def of(cls, path: str, data: bytes) -> FileRecord:
         return cls(path, len(data), content_hash(data))
 
-    def problem(self, version_dir: Path) -> str | None:
-        """Why the file under ``version_dir`` is not the one recorded (missing, other size)."""
+    def problem(self, version_dir: Path, recorded_ns: int | None = None) -> str | None:
+        """Why the file under ``version_dir`` is not the one recorded (missing, other size, or
+        modified after ``recorded_ns``, when its record was written, into other content)."""
+        path = os.path.join(version_dir, self.path)
         try:
-            size = os.stat(os.path.join(version_dir, self.path)).st_size
+            stat = os.stat(path)
         except OSError:
             return f"{self.path} is missing"
-        if size != self.size:
-            return f"{self.path} has {size} bytes, {self.size} were written"
+        if stat.st_size != self.size:
+            return f"{self.path} has {stat.st_size} bytes, {self.size} were written"
+        # Hashing every file on every resume would cost as much as the run; a file touched
+        # since its record was written is hashed, so an edit that keeps the size is caught.
+        if recorded_ns is not None and stat.st_mtime_ns > recorded_ns:
+            try:
+                changed = file_hash(path) != self.blake2b
+            except OSError as exc:
+                return f"{self.path} cannot be read ({exc.strerror})"
+            if changed:
+                return f"{self.path} was edited after it was stored"
         return None
 
 

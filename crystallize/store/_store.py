@@ -70,7 +70,7 @@ from ..errors import CorruptRecordError, InvalidNameError, OlderLayoutError, Sto
 from ._journal import JOURNAL, journal_line
 from ._leases import LeaseBook, held_by_someone, unusable_lock
 from ._metadata import SCHEMA_VERSION, VersionMetadata, VersionStatus
-from ._records import ConditionRecord, Encoder, UnitRecord, content_hash
+from ._records import ConditionRecord, Encoder, UnitRecord, content_hash, modified_ns
 
 METADATA = "metadata.json"
 MARKER = ".crystallize_complete"
@@ -180,6 +180,10 @@ class StoredVersion:
     def condition_record(self, condition: str) -> ConditionRecord:
         """The units of ``condition`` as ``metadata.json`` records them."""
         return self.metadata.conditions[condition].record
+
+    def recorded_ns(self) -> int | None:
+        """When ``metadata.json`` was written (None if it is gone): see FileRecord.problem."""
+        return modified_ns(self.path / METADATA)
 
 
 @dataclass
