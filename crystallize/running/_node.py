@@ -303,7 +303,6 @@ class ExperimentRun:
                     return await self._execute(plan, views, fingerprint)
             finally:
                 run_lock.release()
-        self._decided(plan)
         return self._resumed(plan)
 
     def resume_unchanged(self) -> Result | None:
@@ -313,10 +312,7 @@ class ExperimentRun:
         if self.exp.strategy != "resume":
             return None
         plan = self._plan(experiment_fingerprint(self.exp), self._upstreams())
-        if not plan.fully_reused:
-            return None
-        self._decided(plan)
-        return self._resumed(plan)
+        return self._resumed(plan) if plan.fully_reused else None
 
     def _waiting(self) -> None:
         self.inputs.emit(self.exp, Event(
@@ -333,6 +329,7 @@ class ExperimentRun:
                                                  replicate=replicate, reason=why))
 
     def _resumed(self, plan: Plan) -> Result:
+        self._decided(plan)
         assert plan.source is not None and plan.source.stored is not None
         source = plan.source.stored
         records = {}

@@ -14,22 +14,13 @@ class _Failing(Protocol):
     def fail(self, key: str, message: str) -> Any: ...
 
 
+def _hashes(names: object) -> bool:
+    return isinstance(names, dict) and all(h is None or isinstance(h, str) for h in names.values())
+
+
 def reads_of(reader: _Failing, key: str, value: Any) -> Reads | None:
     """``value`` as a unit's recorded reads: null, or producer -> file name -> hash (or null);
     anything else is the reader's error at ``key``."""
-    if value is None:
+    if value is None or isinstance(value, dict) and all(map(_hashes, value.values())):
         return value
-    # Plain loops: a resume checks every read of every unit it reuses.
-    if isinstance(value, dict):
-        for names in value.values():
-            if not isinstance(names, dict):
-                break
-            for h in names.values():
-                if h is not None and not isinstance(h, str):
-                    break
-            else:
-                continue
-            break
-        else:
-            return value
     return reader.fail(key, "expected null or a mapping of producers to {file name: hash}")
