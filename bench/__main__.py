@@ -61,7 +61,10 @@ class Harness:
         self.ref_python = ref_python
         self.cores = os.cpu_count() or 1
         self.timeout = args.timeout or (120.0 if args.quick else 1800.0)
-        self.data_root = Path(args.data_dir) if args.data_dir else BENCH_DIR / ".scratch"
+        parent = Path(args.data_dir) if args.data_dir else BENCH_DIR / ".scratch"
+        parent.mkdir(parents=True, exist_ok=True)
+        # Every measurement's data stays until the bench ends (see `measure`).
+        self.data_root = Path(tempfile.mkdtemp(prefix="bench-", dir=parent))
 
     def _command(self, system: System) -> list[str]:
         if system.reference:
@@ -104,7 +107,13 @@ class Harness:
         return record
 
     def measure(self, system: System, workload: Workload) -> dict[str, Any]:
-        self.data_root.mkdir(parents=True, exist_ok=True)
+        """One timed run in a fresh data directory, kept until :meth:`close`.
+
+        Deleting it here would bias the next measurement: ext4 skips inodes freed in the last
+        minute when it allocates new ones (``recently_deleted`` in fs/ext4/ialloc.c), checking
+        each in turn on every file created, so a run right after a large deletion pays per
+        file it creates in proportion to what was deleted.
+        """
         data_dir = tempfile.mkdtemp(prefix=f"{workload.key}-{system.name}-", dir=self.data_root)
         try:
             if workload.resume:
@@ -115,8 +124,10 @@ class Harness:
                 _settle()
             return self.spawn(system, workload, data_dir, forbid_units=workload.resume)
         finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
             _settle()
+
+    def close(self) -> None:
+        shutil.rmtree(self.data_root, ignore_errors=True)
 
 
 def _settle() -> None:
@@ -190,17 +201,21 @@ def main(argv: list[str] | None = None) -> int:
 
     measurements: list[dict[str, Any]] = []
     started = time.perf_counter()
-    for r in range(rounds):
-        for w in workloads:
-            shift = r % max(1, len(active))
-            for s in active[shift:] + active[:shift]:
-                if s.skip_reason(w):
-                    continue
-                rec = harness.measure(s, w)
-                rec.update(system=s.name, workload=w.key, round=r)
-                measurements.append(rec)
-                shown = rec.get("error") or f"{rec['wall_s']:.3f} s"
-                print(f"[{r + 1}/{rounds}] {w.key:<9} {s.name:<20} {shown}", file=sys.stderr)
+    try:
+        for r in range(rounds):
+            for w in workloads:
+                shift = r % max(1, len(active))
+                for s in active[shift:] + active[:shift]:
+                    if s.skip_reason(w):
+                        continue
+                    rec = harness.measure(s, w)
+                    rec.update(system=s.name, workload=w.key, round=r)
+                    measurements.append(rec)
+                    shown = rec.get("error") or f"{rec['wall_s']:.3f} s"
+                    print(f"[{r + 1}/{rounds}] {w.key:<9} {s.name:<20} {shown}",
+                          file=sys.stderr)
+    finally:
+        harness.close()
 
     rows = report.summarize(measurements, workloads, systems, harness.cores, skipped, failed)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

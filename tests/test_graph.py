@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from crystallize import (
     Artifact,
+    ArtifactPlugin,
     Experiment,
     ExperimentFailedError,
     ExperimentGraph,
@@ -361,3 +363,35 @@ def test_units_on_the_longest_remaining_path_go_first():
     # runs before the rest of the short branch.
     rest = log[1:]
     assert rest.index("short") > max(i for i, label in enumerate(rest) if label == "head"), log
+
+
+def test_the_store_work_of_a_wide_graph_takes_turns_on_one_thread(tmp_path, monkeypatch):
+    # Store work is Python holding the GIL: run by many threads at once it only bounces the GIL
+    # (issue 12). A store that syncs each write is the exception: it waits on the disk.
+    from crystallize.store import VersionWriter
+
+    busy, most = [0], [0]
+    guard = threading.Lock()
+    publish = VersionWriter.publish
+
+    def counted(self, metadata):
+        with guard:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        time.sleep(0.02)  # long enough for the others to pile up if they may
+        try:
+            return publish(self, metadata)
+        finally:
+            with guard:
+                busy[0] -= 1
+
+    monkeypatch.setattr(VersionWriter, "publish", counted)
+
+    def graph(fsync: bool) -> ExperimentGraph:
+        plugin = ArtifactPlugin(root_dir=str(tmp_path / f"data-{fsync}"), fsync=fsync)
+        return ExperimentGraph(*(node(f"n{i}", plugins=[plugin])[0] for i in range(6)))
+
+    graph(fsync=False).run(executor="inline")
+    assert most[0] == 1
+    graph(fsync=True).run(executor="inline")
+    assert most[0] > 1

@@ -117,6 +117,7 @@ class Scheduler:
         #: each store root as given, resolved
         self._resolved: dict[Path, Path] = {}
         self._background: TaskGroup | None = None
+        self._store_lane: anyio.CapacityLimiter | None = None
         self._rank: dict[str, float] = {}
         self._queued: dict[str, int] = {}
         #: per experiment: units finished so far and their total wall time in the workers
@@ -267,6 +268,7 @@ class Scheduler:
             book=self.book, executor=self.executor, emit=self.emit, submit=self.submit,
             discard=self.discard, run_id=self.run_id,
             stop=self.stop if self.options.fail_fast else None, views=self._views,
+            store_lane=self._store_lane,
         )
         return ExperimentRun(inputs, exp, self._resolved.get(exp.store_plugin.root_dir))
 
@@ -385,6 +387,7 @@ class Scheduler:
                     await self.executor.verify_store(self._roots or [])
                     async with anyio.create_task_group() as background:
                         self._background = background
+                        self._store_lane = anyio.CapacityLimiter(1)
                         async with anyio.create_task_group() as dispatchers:
                             executor = self.executor
                             for _ in range(max(1, executor.capacity + executor.lookahead)):

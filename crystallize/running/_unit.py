@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import pickle
 import signal
-import socket
 import threading
 import time
 import traceback
@@ -29,7 +28,7 @@ from ..errors import (
     UpstreamFailedError,
 )
 from ..model import BASELINE, FrozenContext, is_artifact, unit_scope
-from ..store import FileRecord, artifact_file, atomic_write
+from ..store import FileRecord, artifact_file, atomic_write, host_name
 
 if TYPE_CHECKING:
     from ..experiment import Experiment
@@ -419,7 +418,7 @@ def _time_limit(run: UnitRun, step: PipelineStep) -> Iterator[None]:
 
 
 def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_native_id()}"
+    return f"{host_name()}:{os.getpid()}:{threading.get_native_id()}"
 
 
 def _retried(attempts: list[UnitOutcome]) -> UnitOutcome:

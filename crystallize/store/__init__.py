@@ -32,6 +32,7 @@ from ._store import (
     VersionWriter,
     atomic_write,
     check_name,
+    host_name,
     path_name_problem,
 )
 
@@ -41,6 +42,6 @@ __all__ = [
     "Reads", "Removal", "Scan", "StepCache", "StoreWarning", "StoredRun", "StoredValue",
     "StoredVersion", "UnitRecord", "UnitState", "UnitTiming", "VersionMetadata",
     "VersionStatus", "VersionWriter", "artifact_file", "atomic_write", "check_name", "content_hash",
-    "keep_code", "last_run", "load_value", "metric_rows", "path_name_problem", "recall_code",
-    "stored_runs", "unstorable_leaf", "unusable_lock",
+    "host_name", "keep_code", "last_run", "load_value", "metric_rows", "path_name_problem",
+    "recall_code", "stored_runs", "unstorable_leaf", "unusable_lock",
 ]

@@ -52,6 +52,7 @@ folder, version or ``.leases`` folder is skipped, and reported.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -59,7 +60,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,13 @@ def check_name(kind: str, name: Any, where: str) -> str:
         raise InvalidNameError(f"{where}: {kind} name {name!r} {problem}; it becomes part "
                                "of a file name in the store. Rename it")
     return name
+
+
+@functools.cache
+def host_name() -> str:
+    """This machine's name, as runs record it (asked once per process: a run records it for
+    every unit, and on a busy machine each ``uname`` costs as much as creating a file)."""
+    return socket.gethostname()
 
 
 def atomic_write(path: Path, data: bytes, *, fsync: bool = False) -> None:
@@ -220,19 +228,21 @@ class VersionWriter:
                 atomic_write(self.path / rel, payload, fsync=self.fsync)
                 self.written[rel] = digest
 
-    def journal(self, header: dict[str, Any], condition: str, unit: UnitRecord) -> None:
-        """Append a finished unit to the journal (created with ``header`` on first use)."""
+    def journal(self, header: dict[str, Any], units: Sequence[tuple[str, UnitRecord]]) -> None:
+        """Append finished units, as (condition, unit), to the journal in one write (the
+        journal is created with ``header`` on first use)."""
         side: list[tuple[str, bytes]] = []
-        line = journal_line(condition, unit, Encoder(condition, unit.replicate, side))
+        lines = [journal_line(condition, unit, Encoder(condition, unit.replicate, side))
+                 for condition, unit in units]
         self._write_values(side)
         flags = os.O_WRONLY | os.O_APPEND
         if not self.journaled:
             first = {**header, "schema_version": SCHEMA_VERSION}
-            line = json.dumps(first).encode() + b"\n" + line
+            lines.insert(0, json.dumps(first).encode() + b"\n")
             flags |= os.O_CREAT
         fd = os.open(self.path / JOURNAL, flags, 0o644)
         try:
-            view = memoryview(line)
+            view = memoryview(b"".join(lines))
             while view:
                 view = view[os.write(fd, view):]
             if self.fsync:
@@ -315,7 +325,7 @@ class ExperimentStore:
 
     def mark_owner(self, experiment: str) -> None:
         """Say who holds the run lock, for a process waiting on it (see :meth:`owner`)."""
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "experiment": experiment,
+        info = {"pid": os.getpid(), "host": host_name(), "experiment": experiment,
                 "since": time.time()}
         atomic_write(self.dir / ".run.owner", json.dumps(info).encode())
 
