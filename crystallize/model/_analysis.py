@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import ast
 import inspect
+import linecache
 import random
 import sys
-import textwrap
-import tokenize
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,16 +28,42 @@ _NUMPY_FACTORIES = frozenset({
 _RANDOM_FACTORIES = frozenset({"Random", "SystemRandom"})
 
 
+def _module_tree(filename: str) -> ast.Module | None:
+    """The parsed file, or None if it cannot be read or parsed."""
+    linecache.checkcache(filename)  # the file may have been edited since it was read
+    lines = linecache.getlines(filename)
+    if not lines:
+        return None
+    source = "".join(lines)
+    cached = _PARSED.get(filename)
+    if cached is not None and cached[0] == source:
+        return cached[1]
+    try:
+        module = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None  # not Python (code exec'd from another document)
+    _PARSED[filename] = (source, module)
+    return module
+
+
+#: Parsed files by name, with the source they were parsed from. Parsing the whole file once is
+#: cheaper than cutting out each function's block, which tokenizes it line by line.
+_PARSED: dict[str, tuple[str, ast.Module]] = {}
+
+
 def _tree(fn: Callable[..., Any]) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
     """The parsed definition of ``fn``, or None where its source cannot be had (a lambda)."""
-    fn = inspect.unwrap(fn)
-    try:
-        source = textwrap.dedent(inspect.getsource(fn))
-        module = ast.parse(source)
-    except (OSError, TypeError, SyntaxError, tokenize.TokenError):
-        return None  # no file, or not Python (code exec'd from another document)
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    if code is None:
+        return None
+    module = _module_tree(code.co_filename)
+    if module is None:
+        return None
     for node in ast.walk(module):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == fn.__name__:
+        if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.name == code.co_name
+                and min([node.lineno] + [d.lineno for d in node.decorator_list])
+                == code.co_firstlineno):
             return node
     return None
 
