@@ -109,10 +109,10 @@ class Harness:
     def measure(self, system: System, workload: Workload) -> dict[str, Any]:
         """One timed run in a fresh data directory, kept until :meth:`close`.
 
-        Deleting it here would bias the next measurement: ext4 skips inodes freed in the last
-        minute when it allocates new ones (``recently_deleted`` in fs/ext4/ialloc.c), checking
-        each in turn on every file created, so a run right after a large deletion pays per
-        file it creates in proportion to what was deleted.
+        Deleting it here would bias the next measurement: ext4 without a journal avoids
+        reusing inodes freed in the last minutes (``recently_deleted`` in fs/ext4/ialloc.c),
+        checking each in turn on every file it creates, so a run right after a large deletion
+        pays per file it creates in proportion to what was deleted.
         """
         data_dir = tempfile.mkdtemp(prefix=f"{workload.key}-{system.name}-", dir=self.data_root)
         try:
