@@ -395,3 +395,57 @@ def test_the_store_work_of_a_wide_graph_takes_turns_on_one_thread(tmp_path, monk
     assert most[0] == 1
     graph(fsync=True).run(executor="inline")
     assert most[0] > 1
+
+
+@pipeline_step()
+def named(data, ctx, who=""):
+    return data, {"who": who}
+
+
+class HeldProcessExecutor(ProcessExecutor):
+    """Holds every trip but the root's until all the children have queued their unit."""
+
+    def __init__(self, mixed: bool) -> None:
+        super().__init__(max_workers=2)
+        self.mixed_batches = mixed
+        self.gate: anyio.Event | None = None
+        self.batches: list[list[str]] = []
+
+    async def run_batch(self, jobs):
+        self.batches.append([j.experiment.name for j in jobs])
+        if jobs[0].experiment.name != "root":
+            assert self.gate is not None
+            await self.gate.wait()
+        return await super().run_batch(jobs)
+
+
+@pytest.mark.parametrize("mixed", [True, False])
+def test_tiny_units_of_many_experiments_share_trips_where_the_executor_allows(tmp_path, mixed):
+    # A fan of one-unit experiments has no experiment with units enough to time: the run's
+    # timing decides, and one trip carries units of several (issue 17: one trip per unit group).
+    root, out = node("root")
+    children = [Experiment(out, [named(who=f"c{i}")], name=f"c{i}", replicates=1)
+                for i in range(24)]
+    executor = HeldProcessExecutor(mixed)
+    started: list[str] = []
+
+    def seen(event) -> None:
+        if event.kind == "started" and event.experiment != "root":
+            started.append(event.experiment)
+            if len(started) == len(children):
+                assert executor.gate is not None
+                executor.gate.set()
+
+    async def main():
+        executor.gate = anyio.Event()
+        with anyio.fail_after(60):
+            return await ExperimentGraph(root, *children).arun(executor=executor,
+                                                               on_event=seen)
+
+    results = anyio.run(main)
+    for child in children:
+        assert results[child.name].metrics.baseline.metrics["who"] == [child.name]
+    shared = [b for b in executor.batches if len(set(b)) > 1]
+    assert bool(shared) is mixed
+    assert sorted(n for b in executor.batches for n in b) == sorted(
+        ["root"] + [c.name for c in children])

@@ -51,9 +51,9 @@ async def test_a_worker_gets_each_experiment_once_and_again_when_it_forgot_it(
     carried: list[tuple[str, bool]] = []
     ask = _pool._Worker._ask
 
-    async def noted(self, key, blob, tasks):
-        carried.append((key, blob is not None))
-        return await ask(self, key, blob, tasks)
+    async def noted(self, groups):
+        carried.extend((key, blob is not None) for key, blob, _ in groups)
+        return await ask(self, groups)
 
     monkeypatch.setattr(_pool._Worker, "_ask", noted)
     blobs = {name: cloudpickle.dumps(told(name)) for name in ("a", "b")}
@@ -63,7 +63,7 @@ async def test_a_worker_gets_each_experiment_once_and_again_when_it_forgot_it(
     try:
         with anyio.fail_after(30):
             for name in ("a", "a", "b", "a"):
-                packed = await pool.call(name, blobs[name], [task])
+                packed = await pool.call([(name, blobs[name], [task])])
                 assert unpack_outcome(packed[0]).metrics == {"who": name}
     finally:
         await pool.aclose()
@@ -72,6 +72,27 @@ async def test_a_worker_gets_each_experiment_once_and_again_when_it_forgot_it(
         ("b", True),  # the worker, full (stale, a), starts over with b
         ("a", False), ("a", True),  # the parent thought it still held a: asked, sent again
     ]
+
+
+@pytest.mark.anyio
+async def test_one_trip_runs_units_of_several_experiments_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker holds one experiment at most: unpickling b makes it forget a, which the
+    # parent sends without its pickle (it is held) and which must still run.
+    monkeypatch.setattr(_worker, "KEPT_EXPERIMENTS", 1)
+    blobs = {name: cloudpickle.dumps(told(name)) for name in ("a", "b")}
+    tasks = [UnitTask("baseline", r, r, str(tmp_path), {}) for r in range(2)]
+    pool = _pool.WorkerPool(1, multiprocessing.get_context("fork"))
+    pool.start()
+    try:
+        with anyio.fail_after(30):
+            await pool.call([("a", blobs["a"], tasks[:1])])
+            packed = await pool.call([("b", blobs["b"], tasks), ("a", blobs["a"], tasks[:1])])
+    finally:
+        await pool.aclose()
+    outcomes = [unpack_outcome(p) for p in packed]
+    assert [(o.metrics["who"], o.replicate) for o in outcomes] == [("b", 0), ("b", 1), ("a", 0)]
 
 
 def test_an_edited_experiment_runs_as_edited_on_the_same_executor() -> None:

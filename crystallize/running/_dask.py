@@ -36,7 +36,7 @@ from distributed.versions import VersionMismatchWarning, error_message
 
 from ..errors import ClusterError
 from ._unit import UnitOutcome, UnitTask
-from ._worker import run_pickled_units
+from ._worker import Group, run_pickled_units
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ class ClusterWatch:
 
 
 def run_units_on_worker(
-    key: str, blob: bytes, tasks: list[UnitTask], check: str | None,
+    groups: list[Group], check: str | None,
 ) -> tuple[str, list[bytes] | str]:
     """The Dask task of a batch: the worker's address, and the units' packed outcomes.
 
@@ -318,7 +318,7 @@ def run_units_on_worker(
     problem = _BLIND.get(check or "")
     if problem is not None:
         return address, problem
-    return address, run_pickled_units(key, blob, tasks)
+    return address, run_pickled_units(groups)
 
 
 def trip_key() -> str:
@@ -327,7 +327,7 @@ def trip_key() -> str:
 
 
 def start_trip(
-    client: Client, key: str, args: tuple[str, bytes, list[UnitTask], str | None],
+    client: Client, key: str, args: tuple[list[Group], str | None],
     workers: list[str],
 ) -> cf.Future[tuple[str, list[bytes] | str]]:
     """Submit one :func:`run_units_on_worker` task as ``key`` and fetch its result, both on the

@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import concurrent.futures as cf
 import contextlib
+import itertools
 import multiprocessing
 import os
 import sys
@@ -41,7 +42,7 @@ from ._unit import (
     run_unit,
     timed_out,
 )
-from ._worker import unpack_outcome
+from ._worker import Group, unpack_outcome
 
 if TYPE_CHECKING:
     from ..experiment import Experiment
@@ -67,22 +68,45 @@ class UnitJob:
         return self.blob
 
 
+def in_groups(jobs: list[UnitJob]) -> tuple[list[Group], list[int]]:
+    """``jobs`` as one group per experiment, as a worker takes them (see
+    :func:`~._worker.run_pickled_units`), and where each job's outcome is among theirs."""
+    index: dict[str, int] = {}
+    groups: list[Group] = []
+    for job in jobs:
+        if job.key not in index:
+            index[job.key] = len(groups)
+            groups.append((job.key, job.pickled(), []))
+        groups[index[job.key]][2].append(job.task)
+    starts = list(itertools.accumulate((len(tasks) for _, _, tasks in groups), initial=0))
+    taken = [0] * len(groups)
+    places = []
+    for job in jobs:
+        i = index[job.key]
+        places.append(starts[i] + taken[i])
+        taken[i] += 1
+    return groups, places
+
+
 class Executor(abc.ABC):
     """Base class of executors; see the module docstring.
 
-    A subclass implements one method, :meth:`run_batch`: the round trip that runs units of one
-    experiment where the executor runs them. Everything else has a default.
+    A subclass implements one method, :meth:`run_batch`: the round trip that runs units where
+    the executor runs them. Everything else has a default.
     """
 
     #: Name shown in provenance and progress output.
     name: str = "executor"
+    #: Whether one :meth:`run_batch` call may carry units of several experiments (else the
+    #: scheduler batches only units of one).
+    mixed_batches: bool = False
     #: Whether units cross a process boundary (and must be pickled).
     out_of_process: bool = False
 
     def __init__(self, max_workers: int | None = None, *, batching: bool = False) -> None:
         self.max_workers = max_workers or os.cpu_count() or 1
-        #: Whether the scheduler may send several small units of one experiment per
-        #: :meth:`run_batch` call (worth it only where each call is a round trip).
+        #: Whether the scheduler may send several small units per :meth:`run_batch` call
+        #: (worth it only where each call is a round trip).
         self.batching = batching
 
     @property
@@ -132,11 +156,12 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
-        """Run units of one experiment and return their outcomes, in order.
+        """Run units and return their outcomes, in order.
 
         The scheduler hands over more than one only where :attr:`batching` is on (the process
         and Dask executors, unless created with ``batching=False``), and only units it has seen
-        to be much shorter than a batch, so that one trip to a worker serves them all.
+        to be much shorter than a batch, so that one trip to a worker serves them all; units of
+        several experiments only where :attr:`mixed_batches` is on.
         """
 
 
@@ -208,6 +233,7 @@ class ProcessExecutor(Executor):
 
     name = "process"
     out_of_process = True
+    mixed_batches = True
 
     def __init__(
         self, max_workers: int | None = None, mp_context: Any | None = None, *,
@@ -239,10 +265,10 @@ class ProcessExecutor(Executor):
 
     @staticmethod
     async def _trip(pool: WorkerPool, jobs: list[UnitJob]) -> list[UnitOutcome]:
-        """One round trip to a worker of ``pool`` for units of one experiment."""
-        first = jobs[0]
-        packed = await pool.call(first.key, first.pickled(), [j.task for j in jobs])
-        return [unpack_outcome(p) for p in packed]
+        """One round trip to a worker of ``pool`` for ``jobs``."""
+        groups, places = in_groups(jobs)
+        packed = await pool.call(groups)
+        return [unpack_outcome(packed[i]) for i in places]
 
     async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
         pool = self._pool
@@ -295,6 +321,7 @@ class DaskExecutor(Executor):
 
     name = "dask"
     out_of_process = True
+    mixed_batches = True
 
     def __init__(
         self, client: Any | None = None, *, address: str | None = None,
@@ -401,9 +428,9 @@ class DaskExecutor(Executor):
 
         from . import _dask as dc
 
-        first = jobs[0]
+        groups, places = in_groups(jobs)
         check = self._probe.plugin_name if self._probe is not None else None
-        args = (first.key, first.pickled(), [j.task for j in jobs], check)
+        args = (groups, check)
         for _ in range(BLIND_RETRIES):
             # Workers found blind to the store are avoided where any other one is there.
             seeing = [w for w in self.client.scheduler_info().get("workers", {})
@@ -421,7 +448,7 @@ class DaskExecutor(Executor):
         else:
             error = dc.blind_worker_error(worker, packed)
             return [UnitOutcome(j.task.condition, j.task.replicate, error=error) for j in jobs]
-        outcomes = [unpack_outcome(p) for p in packed]
+        outcomes = [unpack_outcome(packed[i]) for i in places]
         for job, outcome in zip(jobs, outcomes, strict=True):
             outcome.lost_workers = lost
             dc.check_outputs_visible(outcome, job.task, worker)

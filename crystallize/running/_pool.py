@@ -28,12 +28,12 @@ from typing import Any
 import anyio
 
 from ..errors import RemoteTraceback
-from ._unit import UnitTask, format_traceback, portable
-from ._worker import holds_experiment, remember, run_pickled_units
+from ._unit import format_traceback, portable
+from ._worker import Group, missing_experiments, remember, run_pickled_units
 
 #: A message is its length (8 bytes, network order) and its pickled body.
 _HEADER = struct.Struct("!Q")
-#: The reply of a worker asked for an experiment it no longer holds: send its pickle again.
+#: The key of a worker's reply that names experiments it no longer holds: send their pickles.
 _RESEND = "resend"
 
 #: The parent's end of every worker socket this process made. A worker is forked with copies of
@@ -91,11 +91,11 @@ def _serve(sock: socket.socket, parent: int) -> None:
         os.register_at_fork(after_in_child=sock.close)
     try:
         while (request := _read(sock)) is not None:
-            key, blob, tasks = pickle.loads(request)
-            reply: Any = _RESEND
-            if blob is not None or holds_experiment(key):
+            groups = pickle.loads(request)
+            reply: Any = {_RESEND: missing_experiments(groups)}
+            if not reply[_RESEND]:
                 try:
-                    reply = run_pickled_units(key, blob, tasks)
+                    reply = run_pickled_units(groups)
                 except Exception as exc:
                     reply = (portable(exc), format_traceback(exc))
             body = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
@@ -152,17 +152,18 @@ class _Worker:
         #: the experiments this worker holds unpickled, as far as the parent knows
         self.holds: dict[str, None] = {}
 
-    async def call(self, key: str, blob: bytes, tasks: list[UnitTask]) -> Any:
+    async def call(self, groups: list[Group]) -> Any:
         """Send a request, return the worker's reply; raises :class:`WorkerDied`."""
-        known = key in self.holds
-        reply = await self._ask(key, None if known else blob, tasks)
-        if reply == _RESEND:
-            reply = await self._ask(key, blob, tasks)
-        remember(self.holds, key, None)
+        reply = await self._ask([(key, None if key in self.holds else blob, tasks)
+                                 for key, blob, tasks in groups])
+        if isinstance(reply, dict):  # it forgot some of them
+            reply = await self._ask(groups)
+        for key, _, _ in groups:
+            remember(self.holds, key, None)
         return reply
 
-    async def _ask(self, key: str, blob: bytes | None, tasks: list[UnitTask]) -> Any:
-        body = pickle.dumps((key, blob, tasks), pickle.HIGHEST_PROTOCOL)
+    async def _ask(self, groups: list[Group]) -> Any:
+        body = pickle.dumps(groups, pickle.HIGHEST_PROTOCOL)
         try:
             await self._write(_HEADER.pack(len(body)) + body)
             return pickle.loads(await self._receive())
@@ -231,15 +232,15 @@ class WorkerPool:
         self._workers.append(worker)
         return worker
 
-    async def call(self, key: str, blob: bytes, tasks: list[UnitTask]) -> list[bytes]:
-        """Run ``tasks`` of the experiment pickled in ``blob`` (known as ``key``) on an idle
-        worker: their packed outcomes. Raises :class:`WorkerDied` if the worker died, and the
+    async def call(self, groups: list[Group]) -> list[bytes]:
+        """Run the units of ``groups`` (with every experiment's pickle) on an idle worker:
+        their packed outcomes, in order. Raises :class:`WorkerDied` if the worker died, and the
         exception the worker met if it could not run them."""
         async with self._slots:
-            # The worker used last: the likeliest to hold this experiment already.
+            # The worker used last: the likeliest to hold these experiments already.
             worker = self._idle.pop() if self._idle else self._new()
             try:
-                reply = await worker.call(key, blob, tasks)
+                reply = await worker.call(groups)
             except BaseException:
                 # It died, or this call was cancelled midway and its reply would be out of
                 # step with the next request: either way it serves no one any more.

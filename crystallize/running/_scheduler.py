@@ -8,9 +8,10 @@ level-by-level barriers). Units on the longest remaining path (weighted by unit 
 Pipelines with ``async`` steps do not use the queue: their units run on the event loop
 concurrently.
 
-Units of one experiment that prove much shorter than a round trip is worth (measured on the
-first ones) travel to out-of-process executors in batches of about :data:`BATCH_SECONDS` of
-work, never so large that the workers would not all get a share of what is left.
+Units that prove much shorter than a round trip is worth (measured on the first ones) travel
+to out-of-process executors in batches of about :data:`BATCH_SECONDS` of work, never so large
+that the workers would not all get a share of what is left; to the process and Dask executors
+a batch may carry units of several experiments.
 """
 
 from __future__ import annotations
@@ -120,8 +121,11 @@ class Scheduler:
         self._store_lane: anyio.CapacityLimiter | None = None
         self._rank: dict[str, float] = {}
         self._queued: dict[str, int] = {}
+        self._queued_total = 0
         #: per experiment: units finished so far and their total wall time in the workers
         self._walls: dict[str, tuple[int, float]] = {}
+        #: the same, over the whole run
+        self._run_walls: tuple[int, float] = (0, 0.0)
         self._scope: anyio.CancelScope | None = None  # the whole run's, made by run()
         self._callback_error: CallbackError | None = None
         self._nodes: TaskGroup | None = None
@@ -206,16 +210,38 @@ class Scheduler:
         priority = -self._rank.get(experiment, 0)
         heapq.heappush(self._heap, (priority, next(self._seq), job, _Outcome(stream)))
         self._queued[experiment] = self._queued.get(experiment, 0) + 1
+        self._queued_total += 1
         self._ready.release()
 
     def batch_size(self, experiment: str) -> int:
-        """How many of ``experiment``'s queued units the next trip to a worker should carry."""
+        """How many queued units the next trip to a worker should carry, starting with one of
+        ``experiment``'s: about :data:`BATCH_SECONDS` of work as its finished units measure it,
+        and never so many that some worker would get no share of what is queued.
+
+        An executor that takes several experiments' units per trip is handed any small units
+        queued, and measures an experiment by the whole run's units until two of its own have
+        finished: a graph of many one-unit experiments (a fan of tiny nodes) has no other.
+        """
+        if not self.executor.batching:
+            return 1
         count, wall = self._walls.get(experiment, (0, 0.0))
-        if not self.executor.batching or count < 2:
+        queued = self._queued.get(experiment, 0)
+        if self.executor.mixed_batches:
+            queued = self._queued_total
+            if count < 2:
+                count, wall = self._run_walls
+        if count < 2:
             return 1
         by_time = int(BATCH_SECONDS * count / max(wall, 1e-9))
-        by_share = self._queued.get(experiment, 0) // (2 * self.executor.capacity)
+        by_share = queued // (2 * self.executor.capacity)
         return max(1, min(by_time, by_share, MAX_BATCH))
+
+    def _joins(self, job: UnitJob, first: UnitJob) -> bool:
+        """Whether ``job`` may travel in the batch that ``first`` starts."""
+        if job.experiment is first.experiment:
+            return True
+        return (self.executor.mixed_batches and job.experiment.unit_timeout is None
+                and self.batch_size(job.experiment.name or "") > 1)
 
     async def _dispatcher(self) -> None:
         while True:
@@ -228,11 +254,13 @@ class Scheduler:
             size = 1 if limit is not None else self.batch_size(name)
             # Units of one experiment have one priority, so they sit together at the top.
             heap = self._heap
-            while len(batch) < size and heap and heap[0][2].experiment is job.experiment:
+            while len(batch) < size and heap and self._joins(heap[0][2], job):
                 self._ready.acquire_nowait()
                 batch.append(heapq.heappop(heap)[2:])
-            self._queued[name] -= len(batch)
             jobs = [j for j, _ in batch]
+            for j in jobs:
+                self._queued[j.experiment.name or ""] -= 1
+            self._queued_total -= len(jobs)
             try:
                 if limit is not None:
                     outcomes = [await self.executor.run_within(job, limit)]
@@ -241,8 +269,11 @@ class Scheduler:
             except Exception as exc:  # the executor itself failed for these units
                 outcomes = [UnitOutcome(j.task.condition, j.task.replicate, error=exc)
                             for j in jobs]
-            count, wall = self._walls.get(name, (0, 0.0))
-            self._walls[name] = (count + len(outcomes), wall + sum(o.wall for o in outcomes))
+            for j, outcome in zip(jobs, outcomes, strict=True):
+                count, wall = self._walls.get(j.experiment.name or "", (0, 0.0))
+                self._walls[j.experiment.name or ""] = (count + 1, wall + outcome.wall)
+            count, wall = self._run_walls
+            self._run_walls = (count + len(outcomes), wall + sum(o.wall for o in outcomes))
             for (_, out), outcome in zip(batch, outcomes, strict=True):
                 # A node that ended while its unit ran (fail-fast stopped the run, or it was
                 # cancelled) has closed its stream: nobody reads this outcome any more.

@@ -4,6 +4,7 @@ it keeps unpickled, its units, and the packed outcomes it sends back."""
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import cloudpickle
@@ -31,27 +32,38 @@ def remember(kept: dict[str, _T], key: str, value: _T) -> _T:
     return value
 
 
-def holds_experiment(key: str) -> bool:
-    """Whether this worker process holds the experiment ``key`` unpickled."""
-    return key in _SPECS
+#: One experiment's part of a request to a worker: the experiment's key, its pickle (None for
+#: one the worker holds already) and its units.
+Group = tuple[str, "bytes | None", list[UnitTask]]
 
 
-def run_pickled_units(key: str, blob: bytes | None, tasks: list[UnitTask]) -> list[bytes]:
-    """Worker-process entry point: unpickle the experiment once per worker, run its units.
+def missing_experiments(groups: Sequence[Group]) -> list[str]:
+    """The experiments of ``groups`` that come without a pickle and this worker does not hold
+    (see :func:`remember`): it must be sent them before it can run their units."""
+    return [key for key, blob, _ in groups if blob is None and key not in _SPECS]
 
-    ``blob`` may be None for an experiment this worker holds already (see
-    :func:`holds_experiment`). Several units of one experiment may come in one call (a batch:
-    one round trip for units too small to be worth one each). Each outcome is pickled here
-    rather than by the pool, so that a metric value that cannot travel back is reported by
-    name, as that unit's error, instead of as a bare pickling error for the whole call.
-    :func:`unpack_outcome` reads them.
+
+def run_pickled_units(groups: Sequence[Group]) -> list[bytes]:
+    """Worker-process entry point: unpickle each experiment once per worker, run the units.
+
+    A call may carry several units, of one experiment or of several (a batch: one round trip
+    for units too small to be worth one each). Each outcome is pickled here rather than by the
+    pool, so that a metric value that cannot travel back is reported by name, as that unit's
+    error, instead of as a bare pickling error for the whole call. :func:`unpack_outcome` reads
+    them; they come in the order of the groups, then of their units.
     """
-    experiment = _SPECS.get(key)
-    if experiment is None:
-        if blob is None:
-            raise RuntimeError(f"this worker holds no experiment {key!r}: send its pickle")
-        experiment = remember(_SPECS, key, cloudpickle.loads(blob))
-    return [_packed(experiment, run_unit(experiment, task)) for task in tasks]
+    # Those held already are taken first: unpickling the others may make room by forgetting
+    # some of them.
+    held = {key: _SPECS[key] for key, _, _ in groups if key in _SPECS}
+    packed: list[bytes] = []
+    for key, blob, tasks in groups:
+        experiment = held.get(key)
+        if experiment is None:
+            if blob is None:
+                raise RuntimeError(f"this worker holds no experiment {key!r}: send its pickle")
+            experiment = remember(_SPECS, key, cloudpickle.loads(blob))
+        packed.extend(_packed(experiment, run_unit(experiment, task)) for task in tasks)
+    return packed
 
 
 def _packed(experiment: Experiment, outcome: UnitOutcome) -> bytes:
