@@ -365,7 +365,7 @@ def test_units_on_the_longest_remaining_path_go_first():
     assert rest.index("short") > max(i for i, label in enumerate(rest) if label == "head"), log
 
 
-def test_the_store_work_of_a_wide_graph_takes_turns_on_one_thread(tmp_path, monkeypatch):
+def test_the_store_work_of_a_wide_graph_is_done_one_piece_at_a_time(tmp_path, monkeypatch):
     # Store work is Python holding the GIL: run by many threads at once it only bounces the GIL
     # (issue 12). A store that syncs each write is the exception: it waits on the disk.
     from crystallize.store import VersionWriter
@@ -449,3 +449,32 @@ def test_tiny_units_of_many_experiments_share_trips_where_the_executor_allows(tm
     assert bool(shared) is mixed
     assert sorted(n for b in executor.batches for n in b) == sorted(
         ["root"] + [c.name for c in children])
+
+
+@pytest.mark.anyio
+async def test_store_work_runs_on_the_event_loop_while_quick_and_on_a_thread_once_slow(
+    tmp_path, monkeypatch
+):
+    from crystallize.running import _lane
+
+    monkeypatch.setattr(_lane, "INLINE_LIMIT", 0.3)
+    lane = _lane.StoreLane()
+    loop = threading.get_ident()
+    where: list[bool] = []
+
+    def quick() -> None:
+        where.append(threading.get_ident() == loop)
+
+    def slow() -> None:
+        quick()
+        time.sleep(0.4)
+
+    with anyio.fail_after(30):
+        await lane.run(tmp_path, quick)
+        await lane.run(tmp_path, slow)  # not known to be slow yet: on the loop
+        await lane.run(tmp_path, quick)  # now on the thread, and quick again
+        await lane.run(tmp_path, quick)
+        await lane.run(tmp_path / "other", slow)
+        await lane.run(tmp_path, quick)  # another root's slowness is its own
+        await lane.run(tmp_path, quick, fsync=True)  # waits on the disk: always a thread
+    assert where == [True, True, False, True, True, True, False]

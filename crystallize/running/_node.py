@@ -40,6 +40,7 @@ from ..store import (
     unusable_lock,
 )
 from ._executors import UnitJob
+from ._lane import StoreLane
 from ._preflight import unread_key_warnings
 from ._resume import Plan, experiment_fingerprint, plan_run, treatment_fingerprint
 from ._unit import UnitOutcome, UnitTask, UpstreamView, arun_unit
@@ -215,11 +216,8 @@ class NodeInputs:
     stop: Callable[[Experiment, str, str], None] | None = None
     #: the graph run's views of its results, by producer, shared by all their consumers
     views: dict[str, tuple[Result, UpstreamView]] = field(default_factory=dict)
-    #: the thread the run's store work takes turns on (None: anyio's default threads). Store
-    #: work is mostly Python holding the GIL: on a wide graph of tiny nodes, dozens of threads
-    #: doing it at once only pass the GIL back and forth (W5 at 2,000 nodes: six times the
-    #: context switches and twice the system time of one thread).
-    store_lane: anyio.CapacityLimiter | None = None
+    #: where the run's store work runs (see :mod:`._lane`)
+    store_lane: StoreLane = field(default_factory=StoreLane)
 
 
 class ExperimentRun:
@@ -234,8 +232,6 @@ class ExperimentRun:
             root or plugin.root_dir.resolve(), exp.name or "experiment", keep=plugin.keep,
             fsync=plugin.fsync,
         )
-        # A store that syncs every write waits on the disk, not the GIL: its writes overlap.
-        self._lane = None if plugin.fsync else inputs.store_lane
 
     # -- upstreams --------------------------------------------------------------------------
     def _upstreams(self) -> dict[str, UpstreamView]:
@@ -379,10 +375,8 @@ class ExperimentRun:
         book = inputs.book(self.store.root)
         if not exp.pipeline.is_async:
             inputs.executor.warm()  # before this run's first thread hop, just below
-        # File-system work runs in threads: on slow disks it is most of a tiny node's cost, and
-        # other experiments' units and writes can proceed meanwhile. If the run is cancelled or
-        # breaks from here on, the version never gets its metadata.json, so nothing treats it
-        # as complete; a later prune retires it.
+        # If the run is cancelled or breaks from here on, the version never gets its
+        # metadata.json, so nothing treats it as complete; a later prune retires it.
         reused: dict[str, dict[int, UnitRecord]] = {c: {} for c in exp.conditions}
 
         def open_version() -> VersionWriter:
@@ -395,7 +389,8 @@ class ExperimentRun:
                     n: load_value(v, source.path) for n, v in unit.metrics.items()})
             return writer
 
-        writer = await anyio.to_thread.run_sync(open_version, limiter=self._lane)
+        writer = await inputs.store_lane.run(self.store.root, open_version,
+                                             fsync=self.store.fsync)
         inputs.emit(exp, Event("started", name, units=plan.units, version=writer.number,
                               reason=plan.reason))
         cache_dir = str(self.store.root / CACHE_DIR) if any(
@@ -480,7 +475,7 @@ class ExperimentRun:
             # Older versions may go only once a newer one is published; same thread hop.
             return self.store.prune()
 
-        retired = await anyio.to_thread.run_sync(publish, limiter=self._lane)
+        retired = await inputs.store_lane.run(self.store.root, publish, fsync=self.store.fsync)
         for note in retired.skipped:
             warnings.warn(f"{self.store.dir}: {note}", StoreWarning, stacklevel=1)
         inputs.discard(retired.trash)

@@ -38,6 +38,7 @@ from ..model import Event, Treatment, check_replicates, check_strategy
 from ..store import LeaseBook, keep_code, recall_code
 from ._configure import configure
 from ._executors import Executor, ThreadExecutor, UnitJob, resolve_executor
+from ._lane import StoreLane
 from ._node import ExperimentRun, ExperimentRunFailed, NodeInputs
 from ._preflight import check_treatment_keys, global_rng_warnings
 from ._unit import UnitOutcome, UpstreamView
@@ -118,7 +119,7 @@ class Scheduler:
         #: each store root as given, resolved
         self._resolved: dict[Path, Path] = {}
         self._background: TaskGroup | None = None
-        self._store_lane: anyio.CapacityLimiter | None = None
+        self._store_lane = StoreLane()
         self._rank: dict[str, float] = {}
         self._queued: dict[str, int] = {}
         self._queued_total = 0
@@ -418,7 +419,6 @@ class Scheduler:
                     await self.executor.verify_store(self._roots or [])
                     async with anyio.create_task_group() as background:
                         self._background = background
-                        self._store_lane = anyio.CapacityLimiter(1)
                         async with anyio.create_task_group() as dispatchers:
                             executor = self.executor
                             for _ in range(max(1, executor.capacity + executor.lookahead)):

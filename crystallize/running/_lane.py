@@ -1,0 +1,72 @@
+"""Where a run's store work runs: on the event loop while it is quick, else on one thread.
+
+A tiny node's store work (claim a version, write its records and marker) takes a fraction of a
+millisecond on a local disk: less than handing it to a thread, and a thread running Python
+beside the event loop makes the two pass the GIL back and forth. On a slow file system
+(network storage, a loaded disk) the same work would stall the event loop, and with it the
+dispatch of every other experiment's units: there it moves to a thread. Work for a store that
+syncs every write always goes to threads, several at once, since it waits on the disk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+
+_T = TypeVar("_T")
+
+#: Store work that took longer than this (seconds) goes to a thread from then on, for its root.
+INLINE_LIMIT = 0.002
+
+
+class StoreLane:
+    """One graph run's way of running store work; see the module doc."""
+
+    def __init__(self) -> None:
+        self._thread = anyio.CapacityLimiter(1)
+        #: store roots whose last piece of work was slow, and so runs on the thread
+        self._slow: set[Path] = set()
+
+    async def run(self, root: Path, fn: Callable[[], _T], *, fsync: bool = False) -> _T:
+        """``fn()``, work for the store at ``root`` (``fsync``: one that syncs every write)."""
+        if fsync:
+            return await anyio.to_thread.run_sync(fn)
+        if root not in self._slow:
+            # A cancelled run stops here, as it would at a thread hop.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            started = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                self._note(root, time.perf_counter() - started)
+        timed = _Timed(fn)
+        try:
+            return await anyio.to_thread.run_sync(timed, limiter=self._thread)
+        finally:
+            self._note(root, timed.seconds)
+
+    def _note(self, root: Path, seconds: float) -> None:
+        if seconds > INLINE_LIMIT:
+            self._slow.add(root)
+        else:
+            self._slow.discard(root)
+
+
+class _Timed(Generic[_T]):
+    """``fn`` and how long its last call took, measured where it ran."""
+
+    def __init__(self, fn: Callable[[], _T]) -> None:
+        self.fn = fn
+        self.seconds = 0.0
+
+    def __call__(self) -> _T:
+        started = time.perf_counter()
+        try:
+            return self.fn()
+        finally:
+            self.seconds = time.perf_counter() - started
