@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -343,3 +344,21 @@ def test_dry_run_shows_what_would_run_and_why_and_touches_nothing(tmp_path):
         f"inspect_summary {c} {r}" for c in ("baseline", "double") for r in (3, 4, 5)])
     out = cli("run", "--dry-run", "dag", cwd=tmp_path)
     assert re.search(r"consumer\W+0\W+12\W.*nothing changed", out), out
+
+
+def test_units_taken_from_a_journal_keep_the_timing_of_the_run_that_computed_them(
+        tmp_path, monkeypatch):
+    p = Project(tmp_path)
+    monkeypatch.setenv("CRASH_AT", "7")
+    with pytest.raises(KeyboardInterrupt):
+        p.run(4, 4)
+    monkeypatch.delenv("CRASH_AT")
+    resumed_at = time.time()
+    p.run(4, 4)
+    stored = ExperimentStore(tmp_path / "data", "consumer").newest_complete()
+    assert stored is not None
+    timings = [u.timing for u in stored.condition_record("baseline").units]
+    assert all(t is not None for t in timings)
+    started = [t.started for t in timings if t is not None]
+    # units 0 and 1 finished before the interruption; 2 and 3 ran in the resumed run
+    assert max(started[:2]) < resumed_at <= min(started[2:])

@@ -21,6 +21,7 @@ from ._reads import reads_of
 from ._records import (
     Encoder,
     UnitRecord,
+    UnitTiming,
     _file_json,
     _Reader,
     decode_json,
@@ -38,6 +39,7 @@ def journal_line(condition: str, unit: UnitRecord, encoder: Encoder) -> bytes:
         "metrics": {n: encoder.encode(v) for n, v in unit.metrics.items()},
         "artifacts": {n: _file_json(f) for n, f in unit.artifacts.items()},
         "reads": unit.reads,
+        "timing": None if unit.timing is None else unit.timing.to_json(),
     }) + b"\n"
 
 
@@ -48,8 +50,11 @@ def _read_line(path: Path, data: bytes) -> tuple[str, UnitRecord]:
         raise CorruptRecordError(f"{path}: not valid JSON ({exc})", path=path) from None
     r = _Reader(path, obj)
     arts = r.sub("artifacts")
+    # Journals written before units carried their timing have none.
+    timing = r.obj.get("timing")
     unit = UnitRecord(r.get("replicate", int), "complete", r.get("seed", int),
                       r.get("metrics", dict), {n: arts.file(n) for n in arts.obj},
+                      timing=None if timing is None else UnitTiming.read(r.sub("timing")),
                       reads=reads_of(r, "reads", r.obj.get("reads")))
     return r.get("condition", str), unit
 
