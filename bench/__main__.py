@@ -62,9 +62,8 @@ class Harness:
         self.cores = os.cpu_count() or 1
         self.timeout = args.timeout or (120.0 if args.quick else 1800.0)
         parent = Path(args.data_dir) if args.data_dir else BENCH_DIR / ".scratch"
-        parent.mkdir(parents=True, exist_ok=True)
-        # Every measurement's data stays until the bench ends (see `measure`).
-        self.data_root = Path(tempfile.mkdtemp(prefix="bench-", dir=parent))
+        # Every measurement's data stays here until the bench ends (see `measure`).
+        self.data_root = parent / f"bench-{os.getpid()}"
 
     def _command(self, system: System) -> list[str]:
         if system.reference:
@@ -114,6 +113,7 @@ class Harness:
         checking each in turn on every file it creates, so a run right after a large deletion
         pays per file it creates in proportion to what was deleted.
         """
+        self.data_root.mkdir(parents=True, exist_ok=True)
         data_dir = tempfile.mkdtemp(prefix=f"{workload.key}-{system.name}-", dir=self.data_root)
         try:
             if workload.resume:

@@ -34,21 +34,21 @@ def _module_tree(filename: str) -> ast.Module | None:
     lines = linecache.getlines(filename)
     if not lines:
         return None
-    source = "".join(lines)
     cached = _PARSED.get(filename)
-    if cached is not None and cached[0] == source:
+    if cached is not None and cached[0] is lines:  # linecache reads an edited file anew
         return cached[1]
     try:
-        module = ast.parse(source)
+        module = ast.parse("".join(lines))
     except (SyntaxError, ValueError):
         return None  # not Python (code exec'd from another document)
-    _PARSED[filename] = (source, module)
+    _PARSED[filename] = (lines, module)
     return module
 
 
-#: Parsed files by name, with the source they were parsed from. Parsing the whole file once is
-#: cheaper than cutting out each function's block, which tokenizes it line by line.
-_PARSED: dict[str, tuple[str, ast.Module]] = {}
+#: Parsed files by name, with the lines (as linecache holds them) they were parsed from.
+#: Parsing the whole file once is cheaper than cutting out each function's block, which
+#: tokenizes it line by line; every experiment of a graph may share the same step functions.
+_PARSED: dict[str, tuple[list[str], ast.Module]] = {}
 
 
 def _tree(fn: Callable[..., Any]) -> ast.FunctionDef | ast.AsyncFunctionDef | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -36,19 +36,23 @@ class StoreLane:
         """``fn()``, work for the store at ``root`` (``fsync``: one that syncs every write)."""
         if fsync:
             return await anyio.to_thread.run_sync(fn)
-        if root not in self._slow:
-            # A cancelled run stops here, as it would at a thread hop.
-            await anyio.lowlevel.checkpoint_if_cancelled()
+        took = [0.0]
+
+        def timed() -> _T:  # measured where it runs, without the wait for a thread
             started = time.perf_counter()
             try:
                 return fn()
             finally:
-                self._note(root, time.perf_counter() - started)
-        timed = _Timed(fn)
+                took[0] = time.perf_counter() - started
+
         try:
-            return await anyio.to_thread.run_sync(timed, limiter=self._thread)
+            if root in self._slow:
+                return await anyio.to_thread.run_sync(timed, limiter=self._thread)
+            # A cancelled run stops here, as it would at a thread hop.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            return timed()
         finally:
-            self._note(root, timed.seconds)
+            self._note(root, took[0])
 
     def _note(self, root: Path, seconds: float) -> None:
         if seconds > INLINE_LIMIT:
@@ -56,17 +60,3 @@ class StoreLane:
         else:
             self._slow.discard(root)
 
-
-class _Timed(Generic[_T]):
-    """``fn`` and how long its last call took, measured where it ran."""
-
-    def __init__(self, fn: Callable[[], _T]) -> None:
-        self.fn = fn
-        self.seconds = 0.0
-
-    def __call__(self) -> _T:
-        started = time.perf_counter()
-        try:
-            return self.fn()
-        finally:
-            self.seconds = time.perf_counter() - started
