@@ -362,3 +362,25 @@ def test_units_taken_from_a_journal_keep_the_timing_of_the_run_that_computed_the
     started = [t.started for t in timings if t is not None]
     # units 0 and 1 finished before the interruption; 2 and 3 ran in the resumed run
     assert max(started[:2]) < resumed_at <= min(started[2:])
+
+
+def test_a_journaled_unit_keeps_its_warnings_for_the_version_that_reuses_it(tmp_path):
+    # A unit read its producer's baseline in place of a missing condition: taken over from
+    # an interrupted run's journal, it must still say so (SPEC §8), as a stored record does.
+    from crystallize.running._resume import Plan, Source
+    from crystallize.store import Journal, LeaseBook, UnitRecord
+
+    said = "consumer [t]: producer v0 has no condition 't'; read its baseline's out.json instead"
+    book = LeaseBook(tmp_path)
+    try:
+        writer = ExperimentStore(tmp_path, "consumer").allocate(book)
+        writer.journal({"fingerprint": {}}, [("t", UnitRecord(0, "complete", 1), [said]),
+                                             ("t", UnitRecord(1, "complete", 2), [])])
+        journal = Journal.read(writer.number, writer.path)
+    finally:
+        book.close()
+    assert journal is not None
+    source = Source.of_journal(journal)
+    plan = Plan(2, reuse={("t", r): (source, journal.units["t"][r]) for r in (0, 1)})
+    assert plan.warnings("t") == [said]
+    assert plan.warnings("baseline") == []

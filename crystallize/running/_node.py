@@ -534,7 +534,7 @@ class ExperimentRun:
                 # Journaled, finished units survive an interruption of the run; the last ones
                 # are published with the version moments later, so they need no journal.
                 if left:
-                    finished = [(o.condition, unit_record(o, seeds[o.replicate]))
+                    finished = [(o.condition, unit_record(o, seeds[o.replicate]), o.warnings)
                                 for o in batch if o.error is None]
                     if finished:
                         writer.journal(header, finished)

@@ -289,12 +289,17 @@ class Plan:
         return ", ".join(parts)
 
     def warnings(self, condition: str) -> list[str]:
-        """The warnings of the stored records that ``condition``'s reused units come from."""
-        found: list[str] = []
-        for source in dict.fromkeys(s for (c, _), (s, _) in self.reuse.items() if c == condition):
-            if source.stored is not None:
-                found += source.record(condition).warnings
-        return found
+        """The warnings of the stored records, or of the journaled units, that ``condition``'s
+        reused units come from."""
+        found: dict[str, None] = {}
+        for (c, r), (source, _) in self.reuse.items():
+            if c != condition:
+                continue
+            if source.journal is not None:  # a journal keeps each unit's own
+                found.update(dict.fromkeys(source.journal.warnings.get(c, {}).get(r, ())))
+            elif source.stored is not None:
+                found.update(dict.fromkeys(source.record(c).warnings))
+        return list(found)
 
     def _run(self, unit: Unit, why: str) -> None:
         self.execute.setdefault(unit[0], []).append(unit[1])

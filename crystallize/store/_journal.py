@@ -11,7 +11,8 @@ Reading it unpickles nothing (values JSON cannot hold stay placeholders, as in `
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,31 +33,37 @@ from ._records import (
 JOURNAL = "units.jsonl"
 
 
-def journal_line(condition: str, unit: UnitRecord, encoder: Encoder) -> bytes:
-    """The journal line of a finished unit (its value files go to ``encoder.side``)."""
+def journal_line(condition: str, unit: UnitRecord, warnings: Sequence[str],
+                 encoder: Encoder) -> bytes:
+    """The journal line of a finished unit and the warnings it gave (its value files go to
+    ``encoder.side``)."""
     return dump_json({
         "condition": condition, "replicate": unit.replicate, "seed": unit.seed,
         "metrics": {n: encoder.encode(v) for n, v in unit.metrics.items()},
         "artifacts": {n: _file_json(f) for n, f in unit.artifacts.items()},
         "reads": unit.reads,
         "timing": None if unit.timing is None else unit.timing.to_json(),
+        "warnings": list(warnings),
     }) + b"\n"
 
 
-def _read_line(path: Path, data: bytes) -> tuple[str, UnitRecord]:
+def _read_line(path: Path, data: bytes) -> tuple[str, UnitRecord, tuple[str, ...]]:
     try:
         obj = decode_json(data)
     except ValueError as exc:
         raise CorruptRecordError(f"{path}: not valid JSON ({exc})", path=path) from None
     r = _Reader(path, obj)
     arts = r.sub("artifacts")
-    # Journals written before units carried their timing have none.
+    # Journals written before units carried their timing and warnings have neither.
     timing = r.obj.get("timing")
+    warnings = r.get("warnings", list, [])
+    if not all(isinstance(w, str) for w in warnings):
+        r.fail("warnings", "expected a list of strings")
     unit = UnitRecord(r.get("replicate", int), "complete", r.get("seed", int),
                       r.get("metrics", dict), {n: arts.file(n) for n in arts.obj},
                       timing=None if timing is None else UnitTiming.read(r.sub("timing")),
                       reads=reads_of(r, "reads", r.obj.get("reads")))
-    return r.get("condition", str), unit
+    return r.get("condition", str), unit, tuple(warnings)
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,8 @@ class Journal:
     header: dict[str, Any]
     #: condition -> replicate -> the finished unit
     units: dict[str, dict[int, UnitRecord]]
+    #: condition -> replicate -> the warnings the finished unit gave
+    warnings: dict[str, dict[int, tuple[str, ...]]] = field(default_factory=dict)
 
     def recorded_ns(self) -> int | None:
         """When the journal was last appended to (None if it is gone): see FileRecord.problem."""
@@ -88,10 +97,12 @@ class Journal:
         if not isinstance(header, dict) or header.get("schema_version") != SCHEMA_VERSION:
             return None  # not a journal, or one of an older layout (its files lie elsewhere)
         units: dict[str, dict[int, UnitRecord]] = {}
+        warnings: dict[str, dict[int, tuple[str, ...]]] = {}
         for line in lines[1:]:
             try:
-                condition, unit = _read_line(path / JOURNAL, line)
+                condition, unit, said = _read_line(path / JOURNAL, line)
             except CorruptRecordError:
                 continue
             units.setdefault(condition, {})[unit.replicate] = unit
-        return cls(number, path, header, units)
+            warnings.setdefault(condition, {})[unit.replicate] = said
+        return cls(number, path, header, units, warnings)

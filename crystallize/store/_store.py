@@ -228,12 +228,13 @@ class VersionWriter:
                 atomic_write(self.path / rel, payload, fsync=self.fsync)
                 self.written[rel] = digest
 
-    def journal(self, header: dict[str, Any], units: Sequence[tuple[str, UnitRecord]]) -> None:
-        """Append finished units, as (condition, unit), to the journal in one write (the
-        journal is created with ``header`` on first use)."""
+    def journal(self, header: dict[str, Any],
+                units: Sequence[tuple[str, UnitRecord, Sequence[str]]]) -> None:
+        """Append finished units, as (condition, unit, its warnings), to the journal in one
+        write (the journal is created with ``header`` on first use)."""
         side: list[tuple[str, bytes]] = []
-        lines = [journal_line(condition, unit, Encoder(condition, unit.replicate, side))
-                 for condition, unit in units]
+        lines = [journal_line(condition, unit, said, Encoder(condition, unit.replicate, side))
+                 for condition, unit, said in units]
         self._write_values(side)
         flags = os.O_WRONLY | os.O_APPEND
         if not self.journaled:
