@@ -9,7 +9,7 @@ Pipelines with ``async`` steps do not use the queue: their units run on the even
 concurrently.
 
 Units that prove much shorter than a round trip is worth (measured on the first ones) travel
-to out-of-process executors in batches of about :data:`BATCH_SECONDS` of work, never so large
+to out-of-process executors in batches of about ``Executor.batch_seconds`` of work, never so large
 that the workers would not all get a share of what is left; to the process and Dask executors
 a batch may carry units of several experiments.
 """
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
     from ..experiment import Experiment, ExperimentGraph
     from ..model import Result
 
-#: How much work (unit wall time in the workers) a batch of small units should add up to.
-BATCH_SECONDS = 0.05
 #: The most units one batch carries, however small they are.
 MAX_BATCH = 256
 
@@ -216,7 +214,7 @@ class Scheduler:
 
     def batch_size(self, experiment: str) -> int:
         """How many queued units the next trip to a worker should carry, starting with one of
-        ``experiment``'s: about :data:`BATCH_SECONDS` of work as its finished units measure it,
+        ``experiment``'s: about the executor's ``batch_seconds`` of work as its finished units measure it,
         and never so many that some worker would get no share of what is queued.
 
         An executor that takes several experiments' units per trip is handed any small units
@@ -233,7 +231,7 @@ class Scheduler:
                 count, wall = self._run_walls
         if count < 2:
             return 1
-        by_time = int(BATCH_SECONDS * count / max(wall, 1e-9))
+        by_time = int(self.executor.batch_seconds * count / max(wall, 1e-9))
         by_share = queued // (2 * self.executor.capacity)
         return max(1, min(by_time, by_share, MAX_BATCH))
 
