@@ -20,6 +20,7 @@ from crystallize import (
     ExperimentFailedError,
     ExperimentGraph,
     ExperimentInput,
+    InlineExecutor,
     ProcessExecutor,
     Treatment,
     data_source,
@@ -449,6 +450,45 @@ def test_tiny_units_of_many_experiments_share_trips_where_the_executor_allows(tm
     assert bool(shared) is mixed
     assert sorted(n for b in executor.batches for n in b) == sorted(
         ["root"] + [c.name for c in children])
+
+
+class WideBatchingInline(InlineExecutor):
+    """Four dispatchers, batches of several experiments' units, each batch recorded."""
+
+    mixed_batches = True
+
+    def __init__(self) -> None:
+        super().__init__(batching=True)
+        self.batches: list[list[str]] = []
+
+    @property
+    def capacity(self) -> int:
+        return 4
+
+    async def run_batch(self, jobs):
+        self.batches.append([j.experiment.name for j in jobs])
+        return await super().run_batch(jobs)
+
+
+def test_a_batch_takes_no_unit_promised_to_a_dispatcher_already_woken(tmp_path):
+    # The children queue their units in one pass of the loop while four dispatchers wait:
+    # the first four units wake them, and the first to run wants more of the queue (tiny
+    # units make big batches) than is left once the others' units are counted out.
+    root, out = node("root", replicates=2)
+    children = [Experiment(out, [named(who=f"c{i}")], name=f"c{i}", replicates=1)
+                for i in range(12)]
+    executor = WideBatchingInline()
+
+    async def main():
+        with anyio.fail_after(60):
+            return await ExperimentGraph(root, *children).arun(executor=executor)
+
+    results = anyio.run(main)
+    for child in children:
+        assert results[child.name].metrics.baseline.metrics["who"] == [child.name]
+    assert sorted(n for b in executor.batches for n in b) == sorted(
+        ["root", "root"] + [c.name for c in children])
+    assert max(len(b) for b in executor.batches) > 1
 
 
 @pytest.mark.anyio

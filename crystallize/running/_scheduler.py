@@ -214,8 +214,9 @@ class Scheduler:
 
     def batch_size(self, experiment: str) -> int:
         """How many queued units the next trip to a worker should carry, starting with one of
-        ``experiment``'s: about the executor's ``batch_seconds`` of work as its finished units measure it,
-        and never so many that some worker would get no share of what is queued.
+        ``experiment``'s: about the executor's ``batch_seconds`` of work as its finished units
+        measure it, and never so many that some worker would get no share of what is queued
+        (unless each share would be under a tenth of that).
 
         An executor that takes several experiments' units per trip is handed any small units
         queued, and measures an experiment by the whole run's units until two of its own have
@@ -232,7 +233,9 @@ class Scheduler:
         if count < 2:
             return 1
         by_time = int(self.executor.batch_seconds * count / max(wall, 1e-9))
-        by_share = queued // (2 * self.executor.capacity)
+        # Shares keep every worker busy to the end, but no share is smaller than a tenth of a
+        # batch: below that, the trips would cost more than the balance gains.
+        by_share = max(queued // (2 * self.executor.capacity), by_time // 10)
         return max(1, min(by_time, by_share, MAX_BATCH))
 
     def _joins(self, job: UnitJob, first: UnitJob) -> bool:
@@ -254,7 +257,10 @@ class Scheduler:
             # Units of one experiment have one priority, so they sit together at the top.
             heap = self._heap
             while len(batch) < size and heap and self._joins(heap[0][2], job):
-                self._ready.acquire_nowait()
+                try:
+                    self._ready.acquire_nowait()
+                except anyio.WouldBlock:
+                    break  # the units left are each owed to a dispatcher woken for it
                 batch.append(heapq.heappop(heap)[2:])
             jobs = [j for j, _ in batch]
             for j in jobs:
