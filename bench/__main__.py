@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import reference, report
+from bench.cluster import external_cluster
 from bench.run_one import RESULT_PREFIX
 from bench.systems import DEFAULT_SYSTEMS, SYSTEMS, System
 from bench.workloads import FORBID_ENV, Workload, build, calibrate, select
@@ -51,6 +53,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--json", help="write the JSON here instead of bench/results/<UTC>.json")
     ap.add_argument("--timeout", type=float, help="seconds per measurement process")
+    ap.add_argument(
+        "--dask-cluster", choices=("local", "external"), default="local",
+        help="the cluster of the Dask systems: a LocalCluster per measurement (its scheduler "
+        "in the measuring process), or one scheduler and one worker per core started as "
+        "processes of their own for the whole bench, as users run them (default: local; "
+        "BENCH_DASK_SCHEDULER=tcp://HOST:PORT names a cluster of your own instead)",
+    )
     return ap.parse_args(argv)
 
 
@@ -201,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
 
     measurements: list[dict[str, Any]] = []
     started = time.perf_counter()
+    cluster = contextlib.ExitStack()
+    if args.dask_cluster == "external" and any(s.cluster for s in active):
+        address = cluster.enter_context(
+            external_cluster(harness.cores, harness.data_root / "cluster", REPO_ROOT))
+        # The measuring processes inherit it (bench.systems.dask_graph.cluster_client).
+        os.environ["BENCH_DASK_SCHEDULER"] = address
     try:
         for r in range(rounds):
             for w in workloads:
@@ -215,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{r + 1}/{rounds}] {w.key:<9} {s.name:<20} {shown}",
                           file=sys.stderr)
     finally:
+        cluster.close()
         harness.close()
 
     rows = report.summarize(measurements, workloads, systems, harness.cores, skipped, failed)
@@ -232,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "elapsed_s": time.perf_counter() - started,
+        "dask_cluster": "external" if os.environ.get("BENCH_DASK_SCHEDULER") else "local",
     }
     print(report.markdown(rows, workloads, systems, meta))
     out = Path(args.json) if args.json else (

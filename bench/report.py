@@ -137,7 +137,9 @@ def markdown(
         f"## Benchmark — {meta['timestamp']}",
         "",
         f"`{meta['command']}` — {meta['cores']} cores, {meta['rounds']} round(s), "
-        f"medians; data on {meta['data_dir']}; Python {meta['python']}.",
+        f"medians; data on {meta['data_dir']}; Python {meta['python']}"
+        + (f"; Dask systems on {meta['dask_cluster']} cluster" if any(s.cluster for s in systems)
+           else "") + ".",
         "",
         "### Summary (headline figure per workload; lower is better)",
         "",

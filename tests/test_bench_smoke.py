@@ -36,3 +36,27 @@ def test_quick_bench_runs_every_workload_on_every_system(tmp_path):
     # the Markdown table names every system that ran
     for system in SYSTEMS:
         assert system in proc.stdout
+
+
+@pytest.mark.slow
+def test_quick_bench_runs_the_dask_systems_on_an_external_cluster(tmp_path):
+    pytest.importorskip("distributed")
+    out = tmp_path / "bench.json"
+    systems = ["crystallize-dask", "dask-distributed"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--workloads", "W2-chain,W3",
+         "--systems", ",".join(systems), "--dask-cluster", "external",
+         "--data-dir", str(tmp_path / "scratch"), "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["meta"]["dask_cluster"] == "external"
+    for row in report["rows"]:
+        assert row["wall_median_s"] is not None and not row["errors"], row
+    # the scheduler and workers were stopped, and their folders went with the bench's data
+    psutil = pytest.importorskip("psutil")
+    left = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+            if str(tmp_path) in " ".join(p.info["cmdline"] or ())]
+    assert not left
+    assert not any((tmp_path / "scratch").iterdir())

@@ -44,6 +44,7 @@ class System:
     crystallize: bool = False  # gets the "vs best other" column
     reference: bool = False  # runs under the crystallize-ml reference interpreter
     default: bool = True  # measured unless --systems names others
+    cluster: bool = False  # runs on the Dask cluster (--dask-cluster chooses which kind)
     note: str = ""
 
     def skip_reason(self, w: Workload) -> str | None:
@@ -71,7 +72,7 @@ SYSTEMS: dict[str, System] = {
                async_steps=True, crystallize=True, default=False,
                note="ProcessExecutor(batching=False): one trip to a worker per unit"),
         System("crystallize-dask", _CZ, "dask", resume=True, async_steps=True,
-               crystallize=True,
+               crystallize=True, cluster=True,
                note="DaskExecutor on the cluster dask-distributed uses; startup excluded"),
         System("crystallize-inline", _CZ, "inline", sequential=True, resume=True,
                async_steps=True, crystallize=True),
@@ -81,9 +82,9 @@ SYSTEMS: dict[str, System] = {
                note="one ProcessPoolExecutor for the whole run, level by level"),
         System("dask-processes", _DASK, "processes",
                note="dask.delayed per unit, scheduler='processes'"),
-        System("dask-distributed", _DASK, "distributed",
-               note="LocalCluster(processes, 1 thread/worker), or BENCH_DASK_SCHEDULER's "
-               "cluster; startup excluded from wall"),
+        System("dask-distributed", _DASK, "distributed", cluster=True,
+               note="LocalCluster(processes, 1 thread/worker), or an external cluster "
+               "(--dask-cluster external, BENCH_DASK_SCHEDULER); startup excluded from wall"),
         System("crystallize-ml", _CZ, "ml-serial", sequential=True, resume=True,
                async_steps=True, reference=True,
                note="crystallize-ml 0.27.0 defaults (SerialExecution; AsyncExecution for W6)"),
