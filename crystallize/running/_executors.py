@@ -325,8 +325,9 @@ class DaskExecutor(Executor):
     name = "dask"
     out_of_process = True
     mixed_batches = True
-    # A trip costs the client and the scheduler 3–4 ms of CPU in Dask's own code (a process
-    # pool's trip, 0.1 ms), which they take from the workers where they share a machine.
+    # A trip costs the client and the scheduler milliseconds of CPU in Dask's own code (a
+    # process pool's whole round trip takes 0.46 ms), taken from the workers where they share
+    # a machine.
     batch_seconds = 0.25
 
     def __init__(
