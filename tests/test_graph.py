@@ -452,41 +452,6 @@ def test_tiny_units_of_many_experiments_share_trips_where_the_executor_allows(tm
         ["root"] + [c.name for c in children])
 
 
-@pytest.mark.anyio
-async def test_store_work_waiting_for_the_thread_is_neither_overlapped_nor_overtaken(
-    tmp_path, monkeypatch
-):
-    from crystallize.running import _lane
-
-    monkeypatch.setattr(_lane, "INLINE_LIMIT", 0.3)
-    lane = _lane.StoreLane()
-    guard = threading.Lock()
-    running, most, order = [0], [0], []
-
-    def work(label: str, seconds: float):
-        def piece() -> None:
-            with guard:
-                running[0] += 1
-                most[0] = max(most[0], running[0])
-            time.sleep(seconds)
-            with guard:
-                running[0] -= 1
-                order.append(label)
-        return piece
-
-    with anyio.fail_after(30):
-        await lane.run(tmp_path, work("first", 0.4))  # slow: the root's work goes to the thread
-        async with anyio.create_task_group() as tg:
-            for label, seconds in [("slow", 0.4), ("quick", 0.0), ("queued", 0.4)]:
-                tg.start_soon(lane.run, tmp_path, work(label, seconds))
-                await anyio.sleep(0.02)
-            while "quick" not in order:  # quick again, while "queued" holds the thread
-                await anyio.sleep(0.01)
-            await lane.run(tmp_path, work("last", 0.0))
-    assert order == ["first", "slow", "quick", "queued", "last"]
-    assert most[0] == 1
-
-
 class WideBatchingInline(InlineExecutor):
     """Four dispatchers, batches of several experiments' units, each batch recorded."""
 

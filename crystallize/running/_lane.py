@@ -31,8 +31,6 @@ class StoreLane:
         self._thread = anyio.CapacityLimiter(1)
         #: store roots whose last piece of work was slow, and so runs on the thread
         self._slow: set[Path] = set()
-        #: per store root, pieces of work sent to the thread and not yet done
-        self._queued: dict[Path, int] = {}
 
     async def run(self, root: Path, fn: Callable[[], _T], *, fsync: bool = False) -> _T:
         """``fn()``, work for the store at ``root`` (``fsync``: one that syncs every write)."""
@@ -48,14 +46,8 @@ class StoreLane:
                 took[0] = time.perf_counter() - started
 
         try:
-            # While earlier work for the root waits for the thread, later work waits there too:
-            # run here, it would overlap that work, and overtake it.
-            if root in self._slow or self._queued.get(root):
-                self._queued[root] = self._queued.get(root, 0) + 1
-                try:
-                    return await anyio.to_thread.run_sync(timed, limiter=self._thread)
-                finally:
-                    self._queued[root] -= 1
+            if root in self._slow:
+                return await anyio.to_thread.run_sync(timed, limiter=self._thread)
             # A cancelled run stops here, as it would at a thread hop.
             await anyio.lowlevel.checkpoint_if_cancelled()
             return timed()
