@@ -6,6 +6,11 @@ beside the event loop makes the two pass the GIL back and forth. On a slow file 
 (network storage, a loaded disk) the same work would stall the event loop, and with it the
 dispatch of every other experiment's units: there it moves to a thread. Work for a store that
 syncs every write always goes to threads, several at once, since it waits on the disk.
+
+A root that turns quick again has its next work on the loop at once, even while pieces queued
+earlier still run on the thread: the store is safe under concurrent writers (its locks serve
+other processes too), and keeping new work on the thread until that queue drained kept a busy
+graph there for good (side by side, W5-2000 took 1.33 × as long).
 """
 
 from __future__ import annotations
