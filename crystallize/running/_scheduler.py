@@ -219,18 +219,20 @@ class Scheduler:
         (unless each share would be under a tenth of that).
 
         An executor that takes several experiments' units per trip is handed any small units
-        queued, and measures an experiment by the whole run's units until two of its own have
-        finished: a graph of many one-unit experiments (a fan of tiny nodes) has no other.
+        queued, and measures an experiment by the whole run's units (from the first to finish)
+        until two of its own have: a graph of many one-unit experiments (a fan of tiny nodes)
+        has no other, and its first unit, which pays for warming a worker up, errs on the side
+        of small batches.
         """
         if not self.executor.batching:
             return 1
         count, wall = self._walls.get(experiment, (0, 0.0))
-        queued = self._queued.get(experiment, 0)
+        queued, needed = self._queued.get(experiment, 0), 2
         if self.executor.mixed_batches:
             queued = self._queued_total
             if count < 2:
-                count, wall = self._run_walls
-        if count < 2:
+                (count, wall), needed = self._run_walls, 1
+        if count < needed:
             return 1
         by_time = int(self.executor.batch_seconds * count / max(wall, 1e-9))
         # Shares keep every worker busy to the end, but no share is smaller than a tenth of a
