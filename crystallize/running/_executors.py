@@ -326,8 +326,8 @@ class DaskExecutor(Executor):
     out_of_process = True
     mixed_batches = True
     # A trip costs the client and the scheduler milliseconds of CPU in Dask's own code (a
-    # process pool's whole round trip takes 0.46 ms), taken from the workers where they share
-    # a machine.
+    # process pool's whole round trip takes about half a millisecond), taken from the workers
+    # where they share a machine.
     batch_seconds = 0.25
 
     def __init__(

@@ -9,9 +9,9 @@ Pipelines with ``async`` steps do not use the queue: their units run on the even
 concurrently.
 
 Units that prove much shorter than a round trip is worth (measured on the first ones) travel
-to out-of-process executors in batches of about ``Executor.batch_seconds`` of work, never so large
-that the workers would not all get a share of what is left; to the process and Dask executors
-a batch may carry units of several experiments.
+to out-of-process executors in batches of about ``Executor.batch_seconds`` of work, never so
+large that the workers would not all get a share of what is left; to the process and Dask
+executors a batch may carry units of several experiments.
 """
 
 from __future__ import annotations
