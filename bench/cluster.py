@@ -74,10 +74,13 @@ def external_cluster(workers: int, folder: Path, repo_root: Path) -> Iterator[st
             client.wait_for_workers(workers, timeout=PATIENCE_S)
         yield address
     finally:
-        for proc in reversed(procs):
+        # All asked at once, then waited for within one shared grace period.
+        for proc in procs:
             proc.terminate()
+        deadline = time.monotonic() + 20
+        for proc in procs:
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
