@@ -268,3 +268,8 @@ class ClusterError(CrystallizeError, RuntimeError):
 
 class WorkerKilledError(CrystallizeError, RuntimeError):
     """The worker process running a unit died every time it ran it: the unit kills it."""
+
+
+class ExecutorError(CrystallizeError, RuntimeError):
+    """An executor's ``run_batch`` returned outcomes that do not match its units one for one,
+    in order: the units of that batch are failed rather than given one another's results."""

@@ -26,6 +26,7 @@ from crystallize import (
     data_source,
     pipeline_step,
 )
+from crystallize.errors import ExecutorError
 
 from processes import is_alive
 
@@ -489,6 +490,33 @@ def test_a_batch_takes_no_unit_promised_to_a_dispatcher_already_woken(tmp_path):
     assert sorted(n for b in executor.batches for n in b) == sorted(
         ["root", "root"] + [c.name for c in children])
     assert max(len(b) for b in executor.batches) > 1
+
+
+class ReversingInline(WideBatchingInline):
+    """A faulty executor: the outcomes of a batch of several units come back reversed."""
+
+    async def run_batch(self, jobs):
+        return list(reversed(await super().run_batch(jobs)))
+
+
+@pipeline_step()
+def own_replicate(data, ctx):
+    return data, {"replicate": ctx["replicate"]}
+
+
+def test_outcomes_out_of_their_units_order_fail_those_units_instead_of_swapping_results():
+    exp = Experiment(seed_data(), [own_replicate()], name="reps", replicates=12)
+    executor = ReversingInline()
+    result = exp.run(executor=executor)
+    assert max(len(b) for b in executor.batches) > 1, executor.batches
+    errors = list(result.errors.values())
+    assert len(errors) == sum(len(b) for b in executor.batches if len(b) > 1)
+    assert all(isinstance(e, ExecutorError) for e in errors)
+    assert "ReversingInline.run_batch returned" in str(errors[0])
+    # a value recorded is always the unit's own
+    recorded = {rep: values["replicate"]
+                for rep, values in result.metrics.baseline.by_replicate.items() if values}
+    assert recorded and all(value == rep for rep, value in recorded.items())
 
 
 @pytest.mark.anyio

@@ -487,16 +487,17 @@ class DaskExecutor(Executor):
                                     error=killed_worker_error(tries, killed))]
         if len(jobs) == 1:
             return await self._run(jobs, lost, tries, quarantined=True)
-        outcomes: list[UnitOutcome] = []
+        # In the batch's order, by position: a batch may hold units of several experiments,
+        # whose conditions and replicates can be the same.
+        outcomes: list[UnitOutcome | None] = [None] * len(jobs)
 
-        async def alone(job: UnitJob) -> None:
-            outcomes.extend(await self._run([job], lost, tries))
+        async def alone(place: int, job: UnitJob) -> None:
+            outcomes[place] = (await self._run([job], lost, tries))[0]
 
         async with anyio.create_task_group() as tg:
-            for job in jobs:
-                tg.start_soon(alone, job)
-        order = {(j.task.condition, j.task.replicate): i for i, j in enumerate(jobs)}
-        return sorted(outcomes, key=lambda o: order[o.condition, o.replicate])
+            for place, job in enumerate(jobs):
+                tg.start_soon(alone, place, job)
+        return [o for o in outcomes if o is not None]
 
 
 class _Killed(Exception):

@@ -32,7 +32,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ..errors import CallbackError, ExperimentFailedError
+from ..errors import CallbackError, ExecutorError, ExperimentFailedError
 from ..fingerprint import snapshot
 from ..model import Event, Treatment, check_replicates, check_strategy
 from ..store import LeaseBook, keep_code, recall_code
@@ -90,6 +90,26 @@ class _Outcome:
 
     def __init__(self, stream: MemoryObjectSendStream[UnitOutcome]) -> None:
         self.stream = stream
+
+
+def _matched(executor: Executor, jobs: list[UnitJob],
+             outcomes: list[UnitOutcome]) -> list[UnitOutcome]:
+    """``outcomes``, if they name the units of ``jobs`` one for one and in order; else an error
+    outcome for each unit, rather than results recorded under units they do not belong to.
+
+    Outcomes carry their unit's condition and replicate, not its experiment: units of two
+    experiments with the same ones, swapped, pass (the executors keep them by position)."""
+    if len(outcomes) == len(jobs) and all(
+            o.condition == j.task.condition and o.replicate == j.task.replicate
+            for j, o in zip(jobs, outcomes, strict=True)):
+        return outcomes
+    error = ExecutorError(
+        f"{type(executor).__name__}.run_batch returned {len(outcomes)} outcome(s) for "
+        f"{len(jobs)} unit(s), not one per unit in the order given; these units are failed "
+        "rather than given one another's results. Fix the executor: each unit's outcome "
+        "belongs at its unit's place"
+    )
+    return [UnitOutcome(j.task.condition, j.task.replicate, error=error) for j in jobs]
 
 
 class Scheduler:
@@ -276,6 +296,7 @@ class Scheduler:
             except Exception as exc:  # the executor itself failed for these units
                 outcomes = [UnitOutcome(j.task.condition, j.task.replicate, error=exc)
                             for j in jobs]
+            outcomes = _matched(self.executor, jobs, outcomes)
             for j, outcome in zip(jobs, outcomes, strict=True):
                 count, wall = self._walls.get(j.experiment.name or "", (0, 0.0))
                 self._walls[j.experiment.name or ""] = (count + 1, wall + outcome.wall)
