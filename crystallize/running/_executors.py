@@ -159,7 +159,9 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     async def run_batch(self, jobs: list[UnitJob]) -> list[UnitOutcome]:
-        """Run units and return their outcomes, in order.
+        """Run units and return their outcomes, one per unit, each at its unit's place (the
+        scheduler fails a batch whose outcomes do not name its units in order, with
+        :class:`~crystallize.errors.ExecutorError`).
 
         The scheduler hands over more than one only where :attr:`batching` is on (the process
         and Dask executors, unless created with ``batching=False``), and only units it has seen
