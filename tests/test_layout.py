@@ -194,6 +194,7 @@ def test_errors_share_one_root_and_keep_their_builtin_bases() -> None:
         errors.StoreError: OSError,
         errors.ClusterError: RuntimeError,
         errors.WorkerKilledError: RuntimeError,
+        errors.ExecutorError: RuntimeError,
         errors.RemoteTraceback: Exception,
         errors.UnreadTreatmentKeyError: ValueError,
         errors.UpstreamFailedError: FileNotFoundError,
