@@ -33,6 +33,8 @@ what would fix it. Each one also keeps the builtin base it had before the tree e
     + ClusterError (RuntimeError) -- a Dask cluster cannot serve the run (unreachable, no
       workers, workers that cannot see the store); nothing has run
     + WorkerKilledError (RuntimeError) -- the unit killed its worker process every time it ran
+    + ExecutorError (RuntimeError) -- an executor gave back outcomes that are not its units'
+      one for one, in order; those units failed rather than take one another's results
 
 (Warnings are not errors: the store's ``StoreWarning`` lives in :mod:`crystallize.store`.)
 
