@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import reference, report
-from bench.cluster import external_cluster
+from bench.cluster import ClusterStartError, external_cluster
 from bench.run_one import RESULT_PREFIX
 from bench.systems import DEFAULT_SYSTEMS, SYSTEMS, System
 from bench.workloads import FORBID_ENV, Workload, build, calibrate, select
@@ -212,8 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     cluster = contextlib.ExitStack()
     if args.dask_cluster == "external" and any(s.cluster for s in active):
-        address = cluster.enter_context(
-            external_cluster(harness.cores, harness.data_root / "cluster", REPO_ROOT))
+        try:
+            address = cluster.enter_context(
+                external_cluster(harness.cores, harness.data_root / "cluster", REPO_ROOT))
+        except ClusterStartError as exc:
+            raise SystemExit(f"bench: {exc}") from None
         # The measuring processes inherit it (bench.systems.dask_graph.cluster_client).
         os.environ["BENCH_DASK_SCHEDULER"] = address
     try:

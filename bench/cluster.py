@@ -22,11 +22,25 @@ from pathlib import Path
 PATIENCE_S = 90.0
 
 
-def _wait(check: Callable[[], bool], what: str) -> None:
+class ClusterStartError(RuntimeError):
+    """The scheduler or a worker did not come up; the message names its log."""
+
+
+def _wait(check: Callable[[], bool], what: str,
+          procs: list[tuple[Path, subprocess.Popen[bytes]]]) -> None:
+    """Poll ``check``; fail at once, naming the log, when a process of the cluster exits."""
     deadline = time.monotonic() + PATIENCE_S
     while not check():
+        for log, proc in procs:
+            if proc.poll() is not None:
+                raise ClusterStartError(
+                    f"a process of the external Dask cluster exited (status {proc.returncode}) "
+                    f"while waiting for {what}; its log is {log}. Dask must be installed "
+                    "(pip install 'crystallize[dask]'), or run with --dask-cluster local"
+                )
         if time.monotonic() > deadline:
-            raise RuntimeError(f"bench: gave up waiting for {what}")
+            raise ClusterStartError(f"gave up waiting {PATIENCE_S:g} s for {what}; the logs "
+                                    f"are under {procs[0][0].parent.parent}")
         time.sleep(0.05)
 
 
@@ -49,19 +63,20 @@ def external_cluster(workers: int, folder: Path, repo_root: Path) -> Iterator[st
     path = os.pathsep.join(p for p in (str(repo_root), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path}
     file = folder / "scheduler.json"
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[tuple[Path, subprocess.Popen[bytes]]] = []
 
     def start(name: str, argv: list[str]) -> None:
         cwd = folder / name
         cwd.mkdir(exist_ok=True)
         with open(cwd / "log", "wb") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", *argv], cwd=cwd, env=env,
-                                          stdout=log, stderr=subprocess.STDOUT))
+            procs.append((cwd / "log", subprocess.Popen(
+                [sys.executable, "-m", *argv], cwd=cwd, env=env, stdout=log,
+                stderr=subprocess.STDOUT)))
 
     try:
         start("scheduler", ["distributed.cli.dask_scheduler", "--host", "127.0.0.1",
                             "--port", "0", "--no-dashboard", "--scheduler-file", str(file)])
-        _wait(lambda: _address(file) is not None, "the scheduler's address")
+        _wait(lambda: _address(file) is not None, "the scheduler's address", procs)
         for i in range(workers):
             start(f"worker{i}", ["distributed.cli.dask_worker", "--nthreads", "1",
                                  "--no-dashboard", "--scheduler-file", str(file)])
@@ -71,14 +86,21 @@ def external_cluster(workers: int, folder: Path, repo_root: Path) -> Iterator[st
         from distributed import Client
 
         with Client(address, set_as_default=False) as client:
-            client.wait_for_workers(workers, timeout=PATIENCE_S)
+            def joined() -> bool:
+                try:
+                    client.wait_for_workers(workers, timeout=0.5)
+                except TimeoutError:
+                    return False
+                return True
+
+            _wait(joined, f"{workers} workers", procs)
         yield address
     finally:
         # All asked at once, then waited for within one shared grace period.
-        for proc in procs:
+        for _, proc in procs:
             proc.terminate()
         deadline = time.monotonic() + 20
-        for proc in procs:
+        for _, proc in procs:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

@@ -60,3 +60,19 @@ def test_quick_bench_runs_the_dask_systems_on_an_external_cluster(tmp_path):
             if str(tmp_path) in " ".join(p.info["cmdline"] or ())]
     assert not left
     assert not any((tmp_path / "scratch").iterdir())
+
+
+def test_an_external_cluster_that_cannot_start_is_named_with_its_log(tmp_path, monkeypatch):
+    # A `distributed` that fails to import, first on the path of the cluster's processes.
+    fake = tmp_path / "site" / "distributed"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no Dask here')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    from bench.cluster import ClusterStartError, external_cluster
+
+    with (pytest.raises(ClusterStartError) as failed,
+          external_cluster(1, tmp_path / "cluster", tmp_path / "elsewhere")):
+        pass
+    log = tmp_path / "cluster" / "scheduler" / "log"
+    assert str(log) in str(failed.value) and "crystallize[dask]" in str(failed.value)
+    assert "no Dask here" in log.read_text()

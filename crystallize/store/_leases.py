@@ -114,11 +114,6 @@ class LeaseBook:
     def writable(self) -> bool:
         return self._fd is not None
 
-    @property
-    def claims(self) -> set[str]:
-        """The versions this run claims now, as ``experiment/vN`` (a copy)."""
-        return self.snapshot()
-
     def claim(self, experiment: str, number: int) -> None:
         with self._mutex:
             numbers = self._claims.setdefault(experiment, set())
